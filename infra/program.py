@@ -1,0 +1,123 @@
+"""The Meridian stack: providers, shared secret, global tables, one Region per region, the global edge.
+
+``__main__.py`` calls :func:`define_stack` with the topology read from stack config; ``meridian plan``,
+the tests and the local run call it under Pulumi mocks with the same topology.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+
+from meridian.topology import Topology
+from meridian_infra import layout
+from meridian_infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
+from meridian_infra.components.regional import Region, RegionArgs
+from meridian_infra.components.tables import GlobalTables, GlobalTablesArgs
+
+
+def make_providers(topology: Topology) -> dict[str, aws.Provider]:
+    """One explicit provider per region, plus the control-plane regions of Route 53 and Global Accelerator."""
+    wanted = [*topology.regions]
+    for region in (layout.DNS_REGION, layout.ACCELERATOR_REGION):
+        if region not in wanted:
+            wanted.append(region)
+    return {
+        region: aws.Provider(
+            f"aws-{region}",
+            region=region,
+            default_tags=aws.ProviderDefaultTagsArgs(tags=layout.tags(topology)),
+        )
+        for region in wanted
+    }
+
+
+def define_stack(topology: Topology) -> dict[str, Any]:
+    providers = make_providers(topology)
+    dns = providers[layout.DNS_REGION]
+    primary = topology.regions[0]
+
+    if topology.hosted_zone_id:
+        hosted_zone_id: pulumi.Input[str] = topology.hosted_zone_id
+        name_servers: pulumi.Input[list[str]] = []
+    else:
+        zone = aws.route53.Zone(
+            "public-zone",
+            name=topology.domain,
+            comment=f"Meridian {topology.stack}: delegate {topology.domain} here from its parent zone",
+            opts=pulumi.ResourceOptions(provider=dns, protect=True),
+        )
+        hosted_zone_id, name_servers = zone.zone_id, zone.name_servers
+
+    # One key pair for session tokens and region-to-region calls, replicated to every region so that any
+    # region verifies what another signed. Generated once; later `pulumi up`s keep it (ignore_changes).
+    secret = aws.secretsmanager.Secret(
+        "session-keys",
+        name=f"{layout.resource_prefix(topology)}/session-keys",
+        description="Meridian HMAC keys: session tokens (session) and region-to-region calls (peer)",
+        replicas=[aws.secretsmanager.SecretReplicaArgs(region=r) for r in topology.regions[1:]],
+        recovery_window_in_days=7,
+        opts=pulumi.ResourceOptions(provider=providers[primary]),
+    )
+    invoke = pulumi.InvokeOutputOptions(provider=providers[primary])
+    session_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
+    peer_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
+    aws.secretsmanager.SecretVersion(
+        "session-keys",
+        secret_id=secret.id,
+        secret_string=pulumi.Output.json_dumps({"session": session_key.random_password, "peer": peer_key.random_password}),
+        opts=pulumi.ResourceOptions(provider=providers[primary], ignore_changes=["secretString"]),
+    )
+
+    tables = GlobalTables("tables", GlobalTablesArgs(topology=topology, providers=providers))
+    cidrs = layout.vpc_cidrs(topology.regions)
+    regions: dict[str, Region] = {}
+    shared_validation: list[pulumi.Output[str]] | None = None
+    for region in topology.regions:
+        regions[region] = Region(
+            region,
+            RegionArgs(
+                topology=topology,
+                region=region,
+                cidr=cidrs[region],
+                dns_provider=dns,
+                hosted_zone_id=hosted_zone_id,
+                secret_arn=secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:")),
+                stream_arns=tables.streams_in_region(region),
+                shared_validation_fqdns=shared_validation,
+                depends_on=[tables],
+            ),
+            opts=pulumi.ResourceOptions(providers={"aws": providers[region]}),
+        )
+        shared_validation = regions[region].shared_validation_fqdns
+
+    edge = GlobalEdge(
+        "edge",
+        GlobalEdgeArgs(
+            topology=topology,
+            hosted_zone_id=hosted_zone_id,
+            endpoints={
+                r: RegionEndpoint(alb_arn=c.alb_arn, alb_dns_name=c.alb_dns_name, alb_zone_id=c.alb_zone_id)
+                for r, c in regions.items()
+            },
+            dns_provider=dns,
+            accelerator_provider=providers[layout.ACCELERATOR_REGION],
+        ),
+    )
+    return {
+        "hostedZoneId": hosted_zone_id,
+        "nameServers": name_servers,
+        "apiUrl": f"https://{topology.domain}",
+        "regions": {
+            r: {"albDnsName": c.alb_dns_name, "serviceName": c.service_name, "url": f"https://{r}.{topology.domain}"}
+            for r, c in regions.items()
+        },
+        "acceleratorDnsName": edge.accelerator_dns_name or "",
+        "acceleratorIps": edge.accelerator_ips or [],
+        "tables": {
+            zone.name: {s.name: topology.table_name(s.name, zone.name) for s in topology.tables if zone in topology.table_zones(s)}
+            for zone in topology.zones
+        },
+    }
