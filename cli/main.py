@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from meridian import __version__
 from meridian.topology import Topology, TopologyError, find_stack_file, load_stack_file
@@ -25,6 +26,14 @@ def resolve_topology(args: argparse.Namespace) -> Topology:
     return load_stack_file(find_stack_file(getattr(args, "stack", None) or "dev", Path.cwd()))
 
 
+def console() -> Any:
+    """A rich console at least 110 columns wide, so tables stay readable in CI logs and pipes."""
+    from rich.console import Console
+
+    width = Console().width
+    return Console(width=max(width, 110))
+
+
 def add_stack_options(parser: argparse.ArgumentParser, *, default: str = "dev") -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--stack", metavar="NAME", help=f"read Pulumi.NAME.yaml in this folder (default: {default})")
@@ -38,11 +47,10 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(topology.to_dict(), indent=2, sort_keys=True))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    console.print(
+    out = console()
+    out.print(
         f"[bold]{topology.project}/{topology.stack}[/]: {len(topology.regions)} regions, "
         f"{len(topology.zones)} residency zones, domain {topology.domain}"
     )
@@ -53,7 +61,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         zones = [z.name for z in topology.zones_of(region)]
         tables = sum(len(t) for t in topology.tables_in_region(region).values())
         regions.add_row(region, ", ".join(zones), str(topology.routing.dial(region)), str(tables))
-    console.print(regions)
+    out.print(regions)
     zones_table = Table(title="Residency zones", title_justify="left")
     for column in ("zone", "regions", "tables (replicas)"):
         zones_table.add_column(column)
@@ -61,9 +69,9 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
         names = [s.name + (" [strong]" if s.consistency == "strong" else "") for s in topology.tables if zone in topology.table_zones(s)]
         label = zone.name + (" (implicit)" if zone.implicit else "")
         zones_table.add_row(label, ", ".join(zone.regions), ", ".join(names))
-    console.print(zones_table)
+    out.print(zones_table)
     r, s = topology.routing, topology.sizing
-    console.print(
+    out.print(
         f"routing: health check every {r.health_check_interval}s, unhealthy after {r.failure_threshold} failures, "
         f"Global Accelerator {'on' if r.global_accelerator else 'off'}\n"
         f"service: {s.image}, {s.cpu} CPU / {s.memory} MiB, {s.min_count}..{s.max_count} tasks per region"

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from meridian_cli.commands import REGISTRY
 
 GLOBAL_SERVICES = ("aws:route53/", "aws:globalaccelerator/")
-from meridian_cli.main import add_stack_options, resolve_topology
+from meridian_cli.main import add_stack_options, console, resolve_topology
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -39,10 +39,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
         return 1 if violations else 0
 
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    out = console()
     columns = [*topology.regions, "global"]
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for r in plan.custom:
@@ -61,17 +60,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         table.add_row(kind, *[str(counts[kind][c] or "") for c in columns])
     totals = [sum(counts[k][c] for k in counts) for c in columns]
     table.add_row("[bold]total[/]", *[f"[bold]{t}[/]" for t in totals])
-    console.print(table)
-    console.print(f"outputs: api {plan.outputs.get('apiUrl')}, accelerator {plan.outputs.get('acceleratorDnsName') or 'off'}")
+    out.print(table)
+    out.print(f"outputs: api {plan.outputs.get('apiUrl')}, accelerator {plan.outputs.get('acceleratorDnsName') or 'off'}")
     from meridian_policy.rules import RULES
 
     failed = {v.rule for v in violations}
     for rule in RULES:
         mark = "[red]FAIL[/]" if rule.name in failed else "[green]pass[/]"
-        console.print(f"  {mark} {rule.name}: {rule.description}")
+        out.print(f"  {mark} {rule.name}: {rule.description}")
     for v in violations:
-        console.print(f"    [red]{v.rule}[/] {v.resource}: {v.message}")
-    console.print(f"policy: {len(violations)} violation(s)")
+        out.print(f"    [red]{v.rule}[/] {v.resource}: {v.message}")
+    out.print(f"policy: {len(violations)} violation(s)")
     return 1 if violations else 0
 
 

@@ -105,7 +105,7 @@ def every_region_complete(resources: Sequence[Res], regions: Sequence[str] | Non
     for region in sorted(r for r in expected if r):
         for what, present in has.items():
             if region not in present:
-                yield Violation("region-complete", region, f"region {region} has no {what}")
+                yield Violation("region-complete", region, f"region {region} lacks {what}")
 
 
 def tables_protected(resources: Sequence[Res], regions: Sequence[str] | None) -> Iterable[Violation]:
