@@ -1,0 +1,396 @@
+"""The regional HTTP API: a thin layer over the library (routing, residency, sessions, store).
+
+Every response carries ``X-Meridian-Region`` (where it executed); writes return ``X-Meridian-Session``.
+A request arriving in the wrong region is forwarded (HMAC-signed) to the region that must execute it;
+a signed forwarded request executes where it lands, never forwarded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import httpx
+from fastapi import FastAPI, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from meridian import __version__
+from meridian.geo import nearest
+from meridian.health import HealthView
+from meridian.hlc import ClockDriftError, Timestamp, Version
+from meridian.ids import IdError, parse_id
+from meridian.peers import ORIGIN, PeerAuthError, sign_request, verify_request
+from meridian.routing import Decision, decide
+from meridian.sessions import SessionToken, TokenError, satisfied, sign, verify
+from meridian.settings import Settings
+from meridian.store import IdempotencyMismatch, ResidencyViolation, Store, StoreError
+
+REGION_HEADER = "X-Meridian-Region"
+SESSION_HEADER = "X-Meridian-Session"
+FAILOVER_HEADER = "X-Meridian-Failover"
+HLC_HEADER = "X-Meridian-HLC"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class NewUser(BaseModel):
+    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str = Field(min_length=1, max_length=200)
+    residency: str = Field(min_length=1, max_length=32)
+
+
+class UserUpdate(BaseModel):
+    email: str | None = Field(default=None, min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class NewOrder(BaseModel):
+    item: str = Field(min_length=1, max_length=200)
+    qty: int = Field(ge=1, le=10_000)
+
+
+class Increment(BaseModel):
+    by: int = Field(ge=1, le=1_000_000)
+
+
+class Service:
+    """One region's service: the store, its view of the other regions, and the forwarding client."""
+
+    def __init__(self, settings: Settings, store: Store, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings, self.store = settings, store
+        self.region, self.topology = settings.region, settings.topology
+        self.health = HealthView(self.topology.regions, failure_threshold=self.topology.routing.failure_threshold)
+        self.http = httpx.AsyncClient(timeout=settings.forward_timeout, transport=transport)
+        self._ready: tuple[float, list[str]] = (0.0, [])
+        self.forwarded = 0
+
+    # -- sessions ---------------------------------------------------------------------------------------
+    def token(self, header: str | None) -> SessionToken | None:
+        if not header:
+            return None
+        try:
+            return verify(header, self.settings.session_key)
+        except TokenError as exc:
+            raise ApiError(401, "invalid_session", str(exc)) from None
+
+    def issue(self, previous: SessionToken | None, *, scope: str, table: str, hlc: Timestamp) -> str:
+        base = previous or SessionToken(region=self.region, hlc=hlc, scope=scope)
+        return sign(base.after_write(region=self.region, hlc=hlc, scope=scope, table=table), self.settings.session_key)
+
+    # -- where a user lives -------------------------------------------------------------------------------
+    def locate(self, user_id: str) -> tuple[str, str] | None:
+        """(home region, zone) from the directory replica here, or None if it has not arrived (yet)."""
+        entry = self.store.directory_get(user_id)
+        return (str(entry["home_region"]), str(entry["zone"])) if entry else None
+
+    def healthy(self) -> dict[str, bool]:
+        return self.health.snapshot()
+
+    # -- forwarding ---------------------------------------------------------------------------------------
+    async def forward(self, request: Request, body: bytes, targets: list[str], *, failover: bool) -> Response:
+        """Send the request to the first target that answers; a dead target is retried once on the next."""
+        last_error = ""
+        for target in targets[:2]:
+            path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            headers = sign_request(self.settings.peer_key, request.method, path, body, self.region)
+            headers["content-type"] = "application/json"
+            headers[HLC_HEADER] = self.store.clock.now().encode()
+            for name in (SESSION_HEADER, "Idempotency-Key"):
+                if request.headers.get(name):
+                    headers[name] = request.headers[name]
+            if failover:
+                headers[FAILOVER_HEADER] = "1"
+            try:
+                resp = await self.http.request(request.method, self.settings.peer_url(target) + path, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                self.health.record(target, False)
+                last_error = f"{target}: {type(exc).__name__}"
+                failover = True
+                continue
+            self.forwarded += 1
+            passthrough = {k: v for k, v in resp.headers.items() if k.lower() in (REGION_HEADER.lower(), SESSION_HEADER.lower(), "idempotent-replayed")}
+            return Response(content=resp.content, status_code=resp.status_code, headers=passthrough, media_type="application/json")
+        raise ApiError(503, "region_unavailable", f"no region of the zone answered ({last_error}); retry later")
+
+    def zone_regions(self, zone: str) -> list[str]:
+        try:
+            return list(self.topology.zone(zone).regions)
+        except KeyError:
+            raise ApiError(422, "unknown_residency", f"residency {zone!r} is not a zone of this deployment: {[z.name for z in self.topology.zones]}") from None
+
+    def targets_for(self, decision: Decision, zone_regions: list[str]) -> list[str]:
+        if decision.region is None:
+            raise ApiError(503, "zone_unavailable", f"{decision.reason}; nothing was written")
+        rest = [r for r in nearest(decision.region, zone_regions) if r not in (decision.region, self.region) and self.health.is_healthy(r)]
+        return [decision.region, *rest]
+
+    def ready(self) -> list[str]:
+        at, problems = self._ready
+        if time.monotonic() - at > 2.0:  # DescribeTable is rate limited; checkers come every few seconds
+            problems = self.store.ready()
+            self._ready = (time.monotonic(), problems)
+        return problems
+
+    async def probe_peers(self) -> None:
+        """This region's own view of the others, from their /health/ready (interval and threshold)."""
+        while True:
+            for region in self.topology.regions:
+                if region == self.region:
+                    continue
+                try:
+                    resp = await self.http.get(self.settings.peer_url(region) + "/health/ready", timeout=min(2.0, self.settings.probe_interval))
+                    self.health.record(region, resp.status_code == 200)
+                except httpx.HTTPError:
+                    self.health.record(region, False)
+            await asyncio.sleep(self.settings.probe_interval)
+
+
+def create_app(service: Service) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(service.probe_peers()) if service.settings.probe_interval > 0 else None
+        yield
+        if task:
+            task.cancel()
+        await service.http.aclose()
+
+    app = FastAPI(title="Meridian regional service", version=__version__, lifespan=lifespan)
+    region = service.region
+
+    @app.middleware("http")
+    async def stamp_region(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        response.headers.setdefault(REGION_HEADER, region)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status, headers={REGION_HEADER: region})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(ResidencyViolation)
+    async def residency(_: Request, exc: ResidencyViolation) -> JSONResponse:
+        return JSONResponse({"error": "residency", "message": str(exc)}, status_code=409)
+
+    @app.exception_handler(StoreError)
+    async def store_error(_: Request, exc: StoreError) -> JSONResponse:
+        return JSONResponse({"error": "storage_unavailable", "message": str(exc)}, status_code=503)
+
+    async def peer_call(request: Request, body: bytes) -> bool:
+        """True for a signed call from another region (executes here); 401 for a bad signature."""
+        if not any(h in request.headers for h in ("x-meridian-peer-signature", ORIGIN)):
+            return False
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            verify_request(service.settings.peer_key, request.method, path, body, request.headers)
+            if request.headers.get(HLC_HEADER):
+                service.store.clock.update(Timestamp.decode(request.headers[HLC_HEADER]))
+        except PeerAuthError as exc:
+            raise ApiError(401, "peer_auth", str(exc)) from None
+        except (ClockDriftError, ValueError) as exc:
+            raise ApiError(400, "peer_clock", str(exc)) from None
+        return True
+
+    def user_home(user_id: str) -> tuple[str, str] | None:
+        try:
+            parse_id(user_id)
+        except IdError:
+            raise ApiError(404, "not_found", f"no user {user_id!r}") from None
+        return service.locate(user_id)
+
+    async def route(request: Request, body: bytes, user_id: str, *, kind: Literal["read", "write"], table: str,
+                    token: SessionToken | None, local_version: Any = None) -> tuple[Decision, str | None, Response | None]:
+        located = user_home(user_id)
+        if located is None:
+            origin = parse_id(user_id).region
+            if origin != region and service.health.is_healthy(origin):
+                return Decision("forward", origin, "directory not replicated here yet; the id's origin region knows"), None, \
+                    await service.forward(request, body, [origin], failover=False)
+            raise ApiError(404, "not_found", f"no user {user_id!r}")
+        home, zone = located
+        zone_regions = service.zone_regions(zone)
+        ok = True
+        if kind == "read" and region in zone_regions:
+            ok = satisfied(token, here=region, scope=user_id, table=table, local=local_version(zone) if local_version else None)
+        decision = decide(kind=kind, here=region, home=home, zone_regions=zone_regions, healthy=service.healthy(),
+                          token_region=token.region if token else None, token_satisfied=ok)
+        if decision.action in ("forward", "failover") and decision.region != region:
+            return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
+                                                         failover=decision.action == "failover")
+        if decision.action == "unavailable":
+            raise ApiError(503, "zone_unavailable", f"{decision.reason}; nothing was written")
+        return decision, zone, None
+
+    # -- health -----------------------------------------------------------------------------------------
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "live", "region": region}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        problems = await asyncio.to_thread(service.ready)
+        status = 200 if not problems else 503
+        return JSONResponse({"status": "ready" if not problems else "not_ready", "region": region, "problems": problems}, status_code=status)
+
+    # -- users ----------------------------------------------------------------------------------------------
+    @app.post("/v1/users", status_code=201)
+    async def create_user(request: Request, payload: NewUser, x_meridian_session: str | None = Header(default=None)) -> Response:
+        body = await request.body()
+        from_peer = await peer_call(request, body)
+        token = service.token(x_meridian_session)
+        zone_regions = service.zone_regions(payload.residency)
+        if not from_peer and region not in zone_regions:
+            candidates = [r for r in nearest(region, zone_regions) if service.health.is_healthy(r)]
+            if not candidates:
+                raise ApiError(503, "zone_unavailable", f"no healthy region in zone {payload.residency!r}; nothing was written")
+            return await service.forward(request, body, candidates, failover=False)
+        user, hlc = await asyncio.to_thread(
+            service.store.create_user, email=payload.email, name=payload.name, zone=payload.residency,
+            failover=request.headers.get(FAILOVER_HEADER) == "1")
+        session = service.issue(token, scope=user.user_id, table="users", hlc=hlc)
+        return JSONResponse({"user_id": user.user_id, "home_region": user.home_region, "zone": user.zone}, status_code=201,
+                            headers={SESSION_HEADER: session})
+
+    def public_user(item: dict[str, Any]) -> dict[str, Any]:
+        return {k: item[k] for k in ("user_id", "email", "name", "zone", "home_region", "version") if k in item}
+
+    @app.get("/v1/users/{user_id}")
+    async def get_user(request: Request, user_id: str, x_meridian_session: str | None = Header(default=None)) -> Response:
+        from_peer = await peer_call(request, b"")
+        token = service.token(x_meridian_session)
+        cache: dict[str, Any] = {}
+
+        def local_version(zone: str) -> Timestamp | None:
+            cache["item"] = service.store.get_user(zone, user_id)
+            return Version.decode(cache["item"]["version"]).hlc if cache["item"] else None
+
+        if not from_peer:
+            _, zone, forwarded = await route(request, b"", user_id, kind="read", table="users", token=token, local_version=local_version)
+            if forwarded is not None:
+                return forwarded
+        else:
+            located = service.locate(user_id)
+            zone = located[1] if located else None
+        item = cache.get("item") if "item" in cache else (service.store.get_user(zone, user_id) if zone else None)
+        if item is None:
+            raise ApiError(404, "not_found", f"no user {user_id!r}")
+        return JSONResponse(public_user(item))
+
+    @app.put("/v1/users/{user_id}")
+    async def update_user(request: Request, user_id: str, payload: UserUpdate, x_meridian_session: str | None = Header(default=None)) -> Response:
+        body = await request.body()
+        from_peer = await peer_call(request, body)
+        token = service.token(x_meridian_session)
+        if not from_peer:
+            _, zone, forwarded = await route(request, body, user_id, kind="write", table="users", token=token)
+            if forwarded is not None:
+                return forwarded
+        else:
+            located = service.locate(user_id)
+            if located is None:
+                raise ApiError(404, "not_found", f"no user {user_id!r}")
+            zone = located[1]
+        assert zone is not None
+        try:
+            item, hlc = await asyncio.to_thread(service.store.update_user, zone, user_id, payload.model_dump(),
+                                                failover=request.headers.get(FAILOVER_HEADER) == "1")
+        except KeyError:
+            raise ApiError(404, "not_found", f"no user {user_id!r}") from None
+        return JSONResponse(public_user(item), headers={SESSION_HEADER: service.issue(token, scope=user_id, table="users", hlc=hlc)})
+
+    # -- orders ---------------------------------------------------------------------------------------------
+    @app.post("/v1/users/{user_id}/orders", status_code=201)
+    async def create_order(request: Request, user_id: str, payload: NewOrder,
+                           idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+                           x_meridian_session: str | None = Header(default=None)) -> Response:
+        if not idempotency_key or len(idempotency_key) > 128:
+            raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header (1-128 characters) with every order")
+        body = await request.body()
+        from_peer = await peer_call(request, body)
+        token = service.token(x_meridian_session)
+        if not from_peer:
+            _, zone, forwarded = await route(request, body, user_id, kind="write", table="orders", token=token)
+            if forwarded is not None:
+                return forwarded
+        else:
+            located = service.locate(user_id)
+            if located is None:
+                raise ApiError(404, "not_found", f"no user {user_id!r}")
+            zone = located[1]
+        assert zone is not None
+        try:
+            order, created, hlc = await asyncio.to_thread(service.store.create_order, zone, user_id, item=payload.item,
+                                                          qty=payload.qty, idempotency_key=idempotency_key)
+        except IdempotencyMismatch as exc:
+            raise ApiError(409, "idempotency_mismatch", str(exc)) from None
+        public = {k: order[k] for k in ("order_id", "user_id", "item", "qty", "idempotency_key", "created_region", "created_at")}
+        headers = {SESSION_HEADER: service.issue(token, scope=user_id, table="orders", hlc=hlc)}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return JSONResponse(public, status_code=201, headers=headers)
+
+    @app.get("/v1/users/{user_id}/orders")
+    async def list_orders(request: Request, user_id: str, x_meridian_session: str | None = Header(default=None)) -> Response:
+        from_peer = await peer_call(request, b"")
+        token = service.token(x_meridian_session)
+        cache: dict[str, Any] = {}
+
+        def local_version(zone: str) -> Timestamp | None:
+            cache["orders"] = service.store.list_orders(zone, user_id)
+            versions = [Version.decode(o["version"]).hlc for o in cache["orders"]]
+            return max(versions) if versions else None
+
+        if not from_peer:
+            _, zone, forwarded = await route(request, b"", user_id, kind="read", table="orders", token=token, local_version=local_version)
+            if forwarded is not None:
+                return forwarded
+        else:
+            located = service.locate(user_id)
+            zone = located[1] if located else None
+        if "orders" not in cache:
+            if zone is None:
+                raise ApiError(404, "not_found", f"no user {user_id!r}")
+            cache["orders"] = service.store.list_orders(zone, user_id)
+        keys = ("order_id", "user_id", "item", "qty", "idempotency_key", "created_region", "created_at")
+        return JSONResponse({"orders": [{k: o[k] for k in keys} for o in cache["orders"]]})
+
+    # -- counters (every region increments its own shard: no forwarding) ---------------------------------
+    @app.post("/v1/counters/{name}/increment")
+    async def increment(name: str, payload: Increment, x_meridian_session: str | None = Header(default=None)) -> Response:
+        if not 1 <= len(name) <= 128:
+            raise ApiError(400, "invalid_counter", "counter names are 1-128 characters")
+        token = service.token(x_meridian_session)
+        hlc = await asyncio.to_thread(service.store.increment, name, payload.by)
+        value = await asyncio.to_thread(service.store.counter, name)
+        return JSONResponse(value, headers={SESSION_HEADER: service.issue(token, scope=f"counter:{name}", table="counters", hlc=hlc)})
+
+    @app.get("/v1/counters/{name}")
+    async def counter(name: str) -> Response:
+        return JSONResponse(await asyncio.to_thread(service.store.counter, name))
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The ASGI app uvicorn runs in each region: ``uvicorn --factory meridian.api.app:app_from_env``."""
+    import boto3
+    from botocore.config import Config
+
+    settings = Settings.from_env()
+    client = boto3.client("dynamodb", region_name=settings.region,
+                          config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5))
+    return create_app(Service(settings, Store(client=client, topology=settings.topology, region=settings.region)))

@@ -1,0 +1,94 @@
+"""Read-your-writes session tokens: HMAC-signed, carrying where and when the session last wrote.
+
+A token is ``base64url(json).base64url(hmac_sha256)``. It holds the region of the session's last write,
+the highest HLC it wrote, the scope (user id or counter name) and per-table watermarks. A read presenting
+it is served locally only when the local replica holds the write (see :func:`satisfied`). A forged,
+malformed or expired token raises :class:`TokenError`, which the API turns into a 400/401.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+
+from meridian.hlc import Timestamp
+
+__all__ = ["SessionToken", "TokenError", "sign", "verify"]
+
+TTL_SECONDS = 24 * 3600
+
+
+class TokenError(ValueError):
+    """The session token cannot be trusted."""
+
+
+@dataclass(frozen=True)
+class SessionToken:
+    region: str
+    hlc: Timestamp
+    scope: str
+    tables: dict[str, str] = field(default_factory=dict)  # table -> encoded HLC watermark
+    expires_at: int = 0
+
+    def watermark(self, table: str) -> Timestamp | None:
+        value = self.tables.get(table)
+        return Timestamp.decode(value) if value else None
+
+    def after_write(self, *, region: str, hlc: Timestamp, scope: str, table: str) -> SessionToken:
+        """The token after one more write; watermarks of the same scope are kept."""
+        if scope != self.scope:
+            return SessionToken(region=region, hlc=hlc, scope=scope, tables={table: hlc.encode()})
+        previous = self.watermark(table)
+        tables = {**self.tables, table: max(hlc, previous or hlc).encode()}
+        return SessionToken(region=region, hlc=max(hlc, self.hlc), scope=scope, tables=tables)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign(token: SessionToken, key: bytes, *, now: float | None = None) -> str:
+    expires = int((now or time.time()) + TTL_SECONDS)
+    body = json.dumps(
+        {"r": token.region, "h": token.hlc.encode(), "s": token.scope, "t": token.tables, "e": expires},
+        separators=(",", ":"), sort_keys=True,
+    ).encode()
+    mac = hmac.new(key, body, hashlib.sha256).digest()
+    return f"{_b64(body)}.{_b64(mac)}"
+
+
+def verify(text: str, key: bytes, *, now: float | None = None) -> SessionToken:
+    try:
+        body_part, mac_part = text.split(".")
+        body, mac = _unb64(body_part), _unb64(mac_part)
+    except ValueError:
+        raise TokenError("session token is malformed") from None
+    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+        raise TokenError("session token signature does not verify")
+    try:
+        data = json.loads(body)
+        token = SessionToken(
+            region=str(data["r"]), hlc=Timestamp.decode(data["h"]), scope=str(data["s"]),
+            tables={str(k): str(v) for k, v in data["t"].items()}, expires_at=int(data["e"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise TokenError("session token is malformed") from None
+    if token.expires_at < (now or time.time()):
+        raise TokenError("session token has expired; start a new session")
+    return token
+
+
+def satisfied(token: SessionToken | None, *, here: str, scope: str, table: str, local: Timestamp | None) -> bool:
+    """True when a read of ``table`` for ``scope`` here already sees the session's writes."""
+    if token is None or token.scope != scope or token.region == here:
+        return True
+    mark = token.watermark(table)
+    return mark is None or (local is not None and local >= mark)

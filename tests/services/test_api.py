@@ -1,0 +1,258 @@
+"""The regional API against moto, three regions wired to each other through ASGI transports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from moto import mock_aws
+
+from meridian.api.app import Service, create_app
+from meridian.peers import sign_request
+from meridian.sessions import SessionToken, sign
+from meridian.hlc import Timestamp
+from meridian.settings import Settings
+from meridian.store import ResidencyViolation, Store
+from meridian.topology import Topology, load_topology
+
+REGIONS = ["us-east-1", "eu-west-1", "eu-central-1"]
+KEYS = {"session": b"s" * 32, "peer": b"p" * 32}
+
+
+def create_tables(topology: Topology, region: str) -> None:
+    client = boto3.client("dynamodb", region_name=region)
+    for zone, tables in topology.tables_in_region(region).items():
+        for logical, physical in tables.items():
+            spec = topology.table(logical)
+            keys = [{"AttributeName": spec.hash_key.name, "KeyType": "HASH"}]
+            if spec.range_key:
+                keys.append({"AttributeName": spec.range_key.name, "KeyType": "RANGE"})
+            client.create_table(
+                TableName=physical, KeySchema=keys, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in spec.key_attributes()],
+                GlobalSecondaryIndexes=[
+                    {"IndexName": i.name, "KeySchema": [{"AttributeName": i.hash_key.name, "KeyType": "HASH"}],
+                     "Projection": {"ProjectionType": "ALL"}} for i in spec.indexes
+                ] or [],
+            ) if spec.indexes else client.create_table(
+                TableName=physical, KeySchema=keys, BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in spec.key_attributes()],
+            )
+
+
+class Cluster:
+    """Three regional apps; requests between them go through a transport that routes by host."""
+
+    def __init__(self) -> None:
+        self.topology = load_topology({"regions": REGIONS, "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}}, stack="api")
+        self.services: dict[str, Service] = {}
+        self.apps: dict[str, Any] = {}
+        router = self
+
+        class Router(httpx.AsyncBaseTransport):
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                region = request.url.host.split(".")[0]
+                if router.down.get(region):
+                    raise httpx.ConnectError("region down", request=request)
+                return await httpx.ASGITransport(app=router.apps[region]).handle_async_request(request)
+
+        self.down: dict[str, bool] = {}
+        for region in REGIONS:
+            create_tables(self.topology, region)
+            settings = Settings(region=region, topology=self.topology, session_key=KEYS["session"], peer_key=KEYS["peer"],
+                                peers={r: f"http://{r}.test" for r in REGIONS}, probe_interval=0)
+            store = Store(client=boto3.client("dynamodb", region_name=region), topology=self.topology, region=region)
+            self.services[region] = Service(settings, store, transport=Router())
+            self.apps[region] = create_app(self.services[region])
+
+    def call(self, region: str, method: str, path: str, **kw: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.apps[region]), base_url=f"http://{region}.test") as c:
+                return await c.request(method, path, **kw)
+        return asyncio.run(go())
+
+    def replicate(self, table_logical: str, zone: str, source: str, target: str) -> None:
+        """Copy a table's items as global-table replication would (tests of routing, not of replication)."""
+        name = self.topology.table_name(table_logical, zone)
+        src, dst = boto3.client("dynamodb", region_name=source), boto3.client("dynamodb", region_name=target)
+        for item in src.scan(TableName=name)["Items"]:
+            dst.put_item(TableName=name, Item=item)
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        yield Cluster()
+
+
+def new_user(c: Cluster, region: str, residency: str = "eu") -> dict[str, Any]:
+    r = c.call(region, "POST", "/v1/users", json={"email": "a@example.com", "name": "Ada", "residency": residency})
+    assert r.status_code == 201, r.text
+    return {**r.json(), "session": r.headers["X-Meridian-Session"], "executed": r.headers["X-Meridian-Region"]}
+
+
+class TestUsers:
+    def test_create_in_zone_region_is_local(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        assert u["home_region"] == "eu-west-1" and u["zone"] == "eu" and u["executed"] == "eu-west-1"
+        assert u["user_id"].endswith("_eu-west-1")
+
+    def test_us_client_creating_eu_user_is_executed_in_eu(self, cluster: Cluster) -> None:
+        """Residency: the US region forwards to the nearest EU region; nothing is written in the US."""
+        u = new_user(cluster, "us-east-1")
+        assert u["home_region"] == "eu-west-1" and u["executed"] == "eu-west-1"
+        us = boto3.client("dynamodb", region_name="us-east-1")
+        assert us.scan(TableName="meridian-api-global-users")["Items"] == []
+        with pytest.raises(Exception):
+            us.describe_table(TableName="meridian-api-eu-users")
+
+    def test_read_in_other_zone_region_forwards_to_home(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        r = cluster.call("eu-central-1", "GET", f"/v1/users/{u['user_id']}")
+        assert r.status_code == 200 and r.json()["name"] == "Ada"
+        assert r.headers["X-Meridian-Region"] == "eu-west-1"
+
+    def test_read_your_writes_after_replication_is_local(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        for table in ("users",):
+            cluster.replicate(table, "eu", "eu-west-1", "eu-central-1")
+        cluster.replicate("directory", "global", "eu-west-1", "eu-central-1")
+        r = cluster.call("eu-central-1", "GET", f"/v1/users/{u['user_id']}", headers={"X-Meridian-Session": u["session"]})
+        assert r.status_code == 200 and r.headers["X-Meridian-Region"] == "eu-central-1"
+
+    def test_stale_replica_forwards_to_session_region(self, cluster: Cluster) -> None:
+        """The directory arrived but the profile update has not: the read goes where the session wrote."""
+        u = new_user(cluster, "eu-west-1")
+        cluster.replicate("users", "eu", "eu-west-1", "eu-central-1")
+        cluster.replicate("directory", "global", "eu-west-1", "eu-central-1")
+        upd = cluster.call("eu-west-1", "PUT", f"/v1/users/{u['user_id']}", json={"name": "Ada L."}, headers={"X-Meridian-Session": u["session"]})
+        assert upd.status_code == 200
+        r = cluster.call("eu-central-1", "GET", f"/v1/users/{u['user_id']}", headers={"X-Meridian-Session": upd.headers["X-Meridian-Session"]})
+        assert r.headers["X-Meridian-Region"] == "eu-west-1" and r.json()["name"] == "Ada L."
+
+    def test_failover_within_zone(self, cluster: Cluster) -> None:
+        """Home eu-west-1 down: the write runs in eu-central-1, never in us-east-1."""
+        u = new_user(cluster, "eu-west-1")
+        cluster.replicate("users", "eu", "eu-west-1", "eu-central-1")
+        for region in ("eu-central-1", "us-east-1"):
+            cluster.replicate("directory", "global", "eu-west-1", region)
+        cluster.down["eu-west-1"] = True
+        for region in ("eu-central-1", "us-east-1"):
+            cluster.services[region].health.mark("eu-west-1", False)
+        r = cluster.call("us-east-1", "PUT", f"/v1/users/{u['user_id']}", json={"name": "failover"})
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Meridian-Region"] == "eu-central-1"
+        item = boto3.client("dynamodb", region_name="eu-central-1").get_item(
+            TableName="meridian-api-eu-users", Key={"user_id": {"S": u["user_id"]}})["Item"]
+        assert item["failover"] == {"BOOL": True} and item["name"]["S"] == "failover"
+
+    def test_zone_with_no_healthy_region_is_503(self, cluster: Cluster) -> None:
+        for region in ("eu-west-1", "eu-central-1"):
+            cluster.services["us-east-1"].health.mark(region, False)
+        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": "a@b.c", "name": "x", "residency": "eu"})
+        assert r.status_code == 503 and r.json()["error"] == "zone_unavailable"
+
+    def test_unknown_residency_422(self, cluster: Cluster) -> None:
+        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": "a@b.c", "name": "x", "residency": "mars"})
+        assert r.status_code == 422 and "mars" in r.json()["message"]
+
+    def test_bad_body_422(self, cluster: Cluster) -> None:
+        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": "nope", "name": "x", "residency": "eu"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+
+    def test_unknown_user_404(self, cluster: Cluster) -> None:
+        assert cluster.call("eu-west-1", "GET", "/v1/users/not-an-id").status_code == 404
+
+
+class TestSecurity:
+    def test_forged_token_rejected(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        forged = sign(SessionToken(region="eu-west-1", hlc=Timestamp(1), scope=u["user_id"]), b"wrong key")
+        r = cluster.call("eu-west-1", "GET", f"/v1/users/{u['user_id']}", headers={"X-Meridian-Session": forged})
+        assert r.status_code == 401 and r.json()["error"] == "invalid_session"
+        r = cluster.call("eu-west-1", "GET", f"/v1/users/{u['user_id']}", headers={"X-Meridian-Session": "garbage"})
+        assert r.status_code == 401
+
+    def test_unsigned_peer_call_rejected(self, cluster: Cluster) -> None:
+        headers = sign_request(b"not the peer key", "POST", "/v1/users", b"{}", "us-east-1")
+        r = cluster.call("eu-west-1", "POST", "/v1/users", content=b"{}", headers=headers)
+        assert r.status_code in (401, 422)
+        body = b'{"email": "a@b.c", "name": "x", "residency": "eu"}'
+        headers = sign_request(b"not the peer key", "POST", "/v1/users", body, "us-east-1")
+        r = cluster.call("eu-west-1", "POST", "/v1/users", content=body, headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"] == "peer_auth"
+
+    def test_signed_call_for_eu_data_in_us_is_refused_by_the_store(self, cluster: Cluster) -> None:
+        """Even a valid peer call cannot make us-east-1 store eu data: the store refuses by construction."""
+        body = b'{"email": "a@b.c", "name": "x", "residency": "eu"}'
+        headers = sign_request(KEYS["peer"], "POST", "/v1/users", body, "eu-west-1")
+        r = cluster.call("us-east-1", "POST", "/v1/users", content=body, headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 409 and r.json()["error"] == "residency"
+        with pytest.raises(ResidencyViolation):
+            cluster.services["us-east-1"].store.table("eu", "users")
+
+
+class TestOrders:
+    def test_idempotent_order(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        path = f"/v1/users/{u['user_id']}/orders"
+        first = cluster.call("eu-west-1", "POST", path, json={"item": "book", "qty": 2}, headers={"Idempotency-Key": "k1"})
+        again = cluster.call("eu-west-1", "POST", path, json={"item": "book", "qty": 2}, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == again.status_code == 201
+        assert first.json() == again.json() and again.headers["Idempotent-Replayed"] == "true"
+        assert first.json()["order_id"].startswith("ord_") and first.json()["created_region"] == "eu-west-1"
+        listed = cluster.call("eu-west-1", "GET", path).json()["orders"]
+        assert [o["order_id"] for o in listed] == [first.json()["order_id"]]
+
+    def test_idempotency_key_reused_for_other_order_409(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        path = f"/v1/users/{u['user_id']}/orders"
+        cluster.call("eu-west-1", "POST", path, json={"item": "book", "qty": 2}, headers={"Idempotency-Key": "k1"})
+        r = cluster.call("eu-west-1", "POST", path, json={"item": "pen", "qty": 1}, headers={"Idempotency-Key": "k1"})
+        assert r.status_code == 409
+
+    def test_missing_idempotency_key_400(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        r = cluster.call("eu-west-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": "x", "qty": 1})
+        assert r.status_code == 400 and r.json()["error"] == "idempotency_key_required"
+
+    def test_orders_newest_first_forwarded_from_us(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        cluster.replicate("directory", "global", "eu-west-1", "us-east-1")
+        ids = []
+        for i in range(3):
+            r = cluster.call("us-east-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": f"i{i}", "qty": 1},
+                             headers={"Idempotency-Key": f"k{i}"})
+            assert r.status_code == 201 and r.headers["X-Meridian-Region"] == "eu-west-1"
+            ids.append(r.json()["order_id"])
+        listed = cluster.call("us-east-1", "GET", f"/v1/users/{u['user_id']}/orders").json()["orders"]
+        assert [o["order_id"] for o in listed] == ids[::-1]
+
+
+class TestCountersAndHealth:
+    def test_counter_shards(self, cluster: Cluster) -> None:
+        cluster.call("us-east-1", "POST", "/v1/counters/visits/increment", json={"by": 2})
+        r = cluster.call("eu-west-1", "POST", "/v1/counters/visits/increment", json={"by": 3})
+        assert r.json() == {"name": "visits", "value": 3, "shards": {"eu-west-1": 3}}
+        cluster.replicate("counters", "global", "us-east-1", "eu-west-1")
+        assert cluster.call("eu-west-1", "GET", "/v1/counters/visits").json()["shards"] == {"us-east-1": 2, "eu-west-1": 3}
+
+    def test_health(self, cluster: Cluster) -> None:
+        assert cluster.call("eu-west-1", "GET", "/health/live").json()["status"] == "live"
+        r = cluster.call("eu-west-1", "GET", "/health/ready")
+        assert r.status_code == 200 and r.headers["X-Meridian-Region"] == "eu-west-1"
+        boto3.client("dynamodb", region_name="eu-west-1").delete_table(TableName="meridian-api-eu-orders")
+        cluster.services["eu-west-1"]._ready = (0.0, [])
+        r = cluster.call("eu-west-1", "GET", "/health/ready")
+        assert r.status_code == 503 and any("orders" in p for p in r.json()["problems"])
+
+    def test_openapi(self, cluster: Cluster) -> None:
+        paths = cluster.call("eu-west-1", "GET", "/openapi.json").json()["paths"]
+        assert {"/v1/users", "/v1/users/{user_id}", "/v1/users/{user_id}/orders", "/v1/counters/{name}/increment"} <= set(paths)
