@@ -43,8 +43,11 @@ def _encode(value: int, length: int) -> str:
 
 
 def new_id(prefix: str, region: str, *, now_ms: int | None = None) -> str:
+    """A new id; ``now_ms`` pins the time (then the process's monotonic sequence is not used)."""
     global _last
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if now_ms is not None:
+        return f"{prefix}_{_encode(now_ms, 10)}{_encode(int.from_bytes(os.urandom(10), 'big'), 16)}_{region}"
+    ms = int(time.time() * 1000)
     with _lock:
         last_ms, last_rand = _last
         rand = last_rand + 1 if ms <= last_ms else int.from_bytes(os.urandom(10), "big") >> 1

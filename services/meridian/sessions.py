@@ -56,7 +56,7 @@ def _unb64(text: str) -> bytes:
 
 
 def sign(token: SessionToken, key: bytes, *, now: float | None = None) -> str:
-    expires = int((now or time.time()) + TTL_SECONDS)
+    expires = int((time.time() if now is None else now) + TTL_SECONDS)
     body = json.dumps(
         {"r": token.region, "h": token.hlc.encode(), "s": token.scope, "t": token.tables, "e": expires},
         separators=(",", ":"), sort_keys=True,
@@ -81,7 +81,7 @@ def verify(text: str, key: bytes, *, now: float | None = None) -> SessionToken:
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         raise TokenError("session token is malformed") from None
-    if token.expires_at < (now or time.time()):
+    if token.expires_at < (time.time() if now is None else now):
         raise TokenError("session token has expired; start a new session")
     return token
 

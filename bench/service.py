@@ -1,0 +1,112 @@
+"""Service overhead over the storage call it makes, against one real moto server process.
+
+(a) a home-region profile write through the app (ASGI, routing, HLC, token) vs the same DynamoDB
+put_item done directly with boto3; (b) the same for reads (get_item). Also the cost of the routing
+decision alone. Prints p50/p99 and the ratios measured in the same run.
+Run: .venv/bin/python bench/service.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import boto3
+import httpx
+
+from meridian.api.app import Service, create_app
+from meridian.routing import decide
+from meridian.settings import Settings
+from meridian.store import Store, to_item
+from meridian.topology import load_topology
+
+N = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))] * 1000
+
+
+def main() -> None:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        topology = load_topology({"regions": ["eu-west-1", "eu-central-1"]}, stack="bench")
+        client = boto3.client("dynamodb", region_name="eu-west-1")
+        for logical in ("users", "directory"):
+            spec = topology.table(logical)
+            client.create_table(
+                TableName=topology.table_name(logical, "global"), BillingMode="PAY_PER_REQUEST",
+                KeySchema=[{"AttributeName": spec.hash_key.name, "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": spec.hash_key.name, "AttributeType": "S"}],
+            )
+        settings = Settings(region="eu-west-1", topology=topology, session_key=b"s" * 32, peer_key=b"p" * 32, peers={}, probe_interval=0)
+        service = Service(settings, Store(client=client, topology=topology, region="eu-west-1"))
+        app = create_app(service)
+        user, _ = service.store.create_user(email="a@b.c", name="bench", zone="global")
+        table = topology.table_name("users", "global")
+
+        async def through_app() -> tuple[list[float], list[float]]:
+            writes, reads = [], []
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as c:
+                for i in range(N):
+                    t = time.perf_counter()
+                    r = await c.put(f"/v1/users/{user.user_id}", json={"name": f"n{i}"})
+                    writes.append(time.perf_counter() - t)
+                    assert r.status_code == 200, r.text
+                    t = time.perf_counter()
+                    r = await c.get(f"/v1/users/{user.user_id}")
+                    reads.append(time.perf_counter() - t)
+                    assert r.status_code == 200
+            return writes, reads
+
+        direct_w, direct_r = [], []
+        item = service.store.get_user("global", user.user_id)
+        for i in range(N):
+            t = time.perf_counter()
+            client.put_item(TableName=table, Item=to_item({**item, "name": f"d{i}"}))
+            direct_w.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            client.get_item(TableName=table, Key=to_item({"user_id": user.user_id}), ConsistentRead=True)
+            direct_r.append(time.perf_counter() - t)
+        app_w, app_r = asyncio.run(through_app())
+
+        t = time.perf_counter()
+        for _ in range(20000):
+            decide(kind="write", here="eu-west-1", home="eu-central-1", zone_regions=["eu-west-1", "eu-central-1"], healthy={"eu-central-1": False})
+        decision_us = (time.perf_counter() - t) / 20000 * 1e6
+
+        print(f"moto server on :{port}, {N} requests each")
+        print(f"direct put_item   p50 {pct(direct_w, .5):6.2f} ms  p99 {pct(direct_w, .99):6.2f} ms")
+        print(f"app PUT (get+put) p50 {pct(app_w, .5):6.2f} ms  p99 {pct(app_w, .99):6.2f} ms")
+        print(f"direct get_item   p50 {pct(direct_r, .5):6.2f} ms  p99 {pct(direct_r, .99):6.2f} ms")
+        print(f"app GET (dir+get) p50 {pct(app_r, .5):6.2f} ms  p99 {pct(app_r, .99):6.2f} ms")
+        print(f"ratio write app/direct p50: {statistics.median(app_w) / statistics.median(direct_w):.2f}")
+        print(f"ratio read  app/direct p50: {statistics.median(app_r) / statistics.median(direct_r):.2f}")
+        print(f"routing decision: {decision_us:.1f} us (goal < 50 us)")
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
+if __name__ == "__main__":
+    main()
