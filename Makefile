@@ -19,6 +19,7 @@ test: setup
 
 demo: setup
 	$(BIN)/meridian config validate --stack prod
+	$(BIN)/meridian plan --stack prod
 
 lint: setup
 	$(BIN)/ruff check .
@@ -26,6 +27,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/service.py
 
 clean:
 	rm -rf $(VENV) .meridian reports
