@@ -147,22 +147,31 @@ class Store:
         self.observe(data.get("version"))
         return data
 
+    def user_update_request(self, zone: str, user_id: str, changes: Mapping[str, Any], *, failover: bool = False) -> tuple[Timestamp, dict[str, Any]]:
+        """The one UpdateItem a profile update is: ``base`` takes the stored version atomically
+        (right-hand sides of SET see the item before the update), and it applies only if newer under LWW."""
+        fields = {k: v for k, v in changes.items() if v is not None}
+        fields.update(origin_region=self.region, failover=failover, updated_at=int(time.time() * 1000))
+        names = {f"#f{i}": k for i, k in enumerate(fields)} | {"#base": "base", "#version": "version", "#id": "user_id"}
+        hlc, version, _ = self._stamp(None)
+        values = {f":f{i}": _ser.serialize(v) for i, v in enumerate(fields.values())} | {":v": _ser.serialize(version)}
+        sets = [f"#f{i} = :f{i}" for i in range(len(fields))] + ["#base = #version", "#version = :v"]
+        return hlc, {
+            "TableName": self.table(zone, "users"), "Key": to_item({"user_id": user_id}), "UpdateExpression": "SET " + ", ".join(sets),
+            "ConditionExpression": "attribute_exists(#id) AND #version < :v", "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values, "ReturnValues": "ALL_NEW",
+        }
+
     def update_user(self, zone: str, user_id: str, changes: Mapping[str, Any], *, failover: bool = False) -> tuple[dict[str, Any], Timestamp]:
-        """Read-modify-write guarded on the version read (optimistic), so local writes never clobber."""
-        table = self.table(zone, "users")
-        for _ in range(5):
-            current = self.get_user(zone, user_id)
-            if current is None:
-                raise KeyError(user_id)
-            hlc, version, base = self._stamp(str(current["version"]))
-            item = {**current, **{k: v for k, v in changes.items() if v is not None}, "version": version, "base": base,
-                    "origin_region": self.region, "failover": failover, "updated_at": int(time.time() * 1000)}
+        for _ in range(3):
+            hlc, request = self.user_update_request(zone, user_id, changes, failover=failover)
             try:
-                self._call("put_item", TableName=table, Item=to_item(item), ConditionExpression="version = :seen",
-                           ExpressionAttributeValues={":seen": _ser.serialize(base)})
-                return item, hlc
+                return from_item(self._call("update_item", **request)["Attributes"]), hlc
             except ClientError:
-                continue  # another write landed between read and write: read again
+                # Missing user, or a replicated version from a clock ahead of ours: read it (the HLC
+                # receive rule moves our clock past it) and try again.
+                if self.get_user(zone, user_id) is None:
+                    raise KeyError(user_id) from None
         raise StoreError(f"user {user_id} is being updated concurrently; retry")
 
     # -- orders ------------------------------------------------------------------------------------------

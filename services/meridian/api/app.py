@@ -34,6 +34,7 @@ REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
 FAILOVER_HEADER = "X-Meridian-Failover"
 HLC_HEADER = "X-Meridian-HLC"
+DIRECTORY_CACHE_SIZE = 100_000
 
 
 class ApiError(Exception):
@@ -71,6 +72,7 @@ class Service:
         self.health = HealthView(self.topology.regions, failure_threshold=self.topology.routing.failure_threshold)
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout, transport=transport)
         self._ready: tuple[float, list[str]] = (0.0, [])
+        self._directory: dict[str, tuple[str, str]] = {}
         self.forwarded = 0
 
     # -- sessions ---------------------------------------------------------------------------------------
@@ -88,9 +90,19 @@ class Service:
 
     # -- where a user lives -------------------------------------------------------------------------------
     def locate(self, user_id: str) -> tuple[str, str] | None:
-        """(home region, zone) from the directory replica here, or None if it has not arrived (yet)."""
+        """(home region, zone) from the directory replica here, or None if it has not arrived (yet).
+
+        A user's home region and zone never change after creation, so found entries are cached."""
+        cached = self._directory.get(user_id)
+        if cached is not None:
+            return cached
         entry = self.store.directory_get(user_id)
-        return (str(entry["home_region"]), str(entry["zone"])) if entry else None
+        if not entry:
+            return None
+        if len(self._directory) >= DIRECTORY_CACHE_SIZE:
+            self._directory.clear()
+        self._directory[user_id] = (str(entry["home_region"]), str(entry["zone"]))
+        return self._directory[user_id]
 
     def healthy(self) -> dict[str, bool]:
         return self.health.snapshot()
@@ -154,6 +166,29 @@ class Service:
             await asyncio.sleep(self.settings.probe_interval)
 
 
+class RegionHeader:
+    """Pure ASGI middleware (BaseHTTPMiddleware costs ~0.5 ms a request): stamps X-Meridian-Region
+    on every response that does not carry one (a forwarded response keeps the executing region)."""
+
+    def __init__(self, app: Any, *, region: str) -> None:
+        self.app, self.header = app, (REGION_HEADER.lower().encode(), region.encode())
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def stamped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == self.header[0] for k, _ in headers):
+                    headers.append(self.header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
 def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,11 +201,7 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="Meridian regional service", version=__version__, lifespan=lifespan)
     region = service.region
 
-    @app.middleware("http")
-    async def stamp_region(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        response.headers.setdefault(REGION_HEADER, region)
-        return response
+    app.add_middleware(RegionHeader, region=region)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
