@@ -227,9 +227,11 @@ class Store:
         table = self.table(self.topology.global_zone.name, "counters")
         hlc, version, _ = self._stamp(None)
         self._call("update_item", TableName=table, Key=to_item({"name": name, "shard": self.region}),
-                   UpdateExpression="ADD #v :by SET version = :ver, origin_region = :r",
-                   ExpressionAttributeNames={"#v": "value"},
-                   ExpressionAttributeValues={":by": _ser.serialize(by), ":ver": _ser.serialize(version), ":r": _ser.serialize(self.region)})
+                   # base = the shard's previous version: replicas see each increment as a successor, not a conflict
+                   UpdateExpression="ADD #v :by SET #base = if_not_exists(#ver, :none), #ver = :ver, origin_region = :r",
+                   ExpressionAttributeNames={"#v": "value", "#base": "base", "#ver": "version"},
+                   ExpressionAttributeValues={":by": _ser.serialize(by), ":ver": _ser.serialize(version), ":r": _ser.serialize(self.region),
+                                              ":none": _ser.serialize("")})
         return hlc
 
     def counter(self, name: str) -> dict[str, Any]:

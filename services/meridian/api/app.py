@@ -128,6 +128,12 @@ class Service:
                 last_error = f"{target}: {type(exc).__name__}"
                 failover = True
                 continue
+            if resp.status_code in (502, 504):
+                # The load balancer (or, locally, the emulated network) could not reach the region.
+                self.health.record(target, False)
+                last_error = f"{target}: HTTP {resp.status_code}"
+                failover = True
+                continue
             self.forwarded += 1
             passthrough = {k: v for k, v in resp.headers.items() if k.lower() in (REGION_HEADER.lower(), SESSION_HEADER.lower(), "idempotent-replayed")}
             return Response(content=resp.content, status_code=resp.status_code, headers=passthrough, media_type="application/json")

@@ -1,0 +1,160 @@
+"""EMULATION of the global edge (Route 53 latency records + Global Accelerator) and of the network
+between regions, in one HTTP endpoint.
+
+- A client states where it is with ``X-Meridian-Client-Region``. The edge sends it to the
+  lowest-latency region whose endpoint-group dial is above 0 and that its own health checks find
+  healthy: the plan's health path, interval and threshold (scaled by ``time_scale``), Route 53's rule
+  of N consecutive results to change state. When no region is healthy it fails open to every region
+  with a dial above 0, as Route 53 and Global Accelerator do. Traffic dials are applied as weights
+  across equally near regions only (enough for evacuation: dial 0 removes a region).
+- ``/_link/{src}/{dst}/...`` is the network between regions: region-to-region calls pass through it,
+  with the inter-region delay injected and partitions enforced (502, as a load balancer answers when
+  nothing behind it can be reached).
+- Delays are real round-trip medians (meridian.geo) times ``latency_scale``; 0 disables them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from meridian.geo import nearest, rtt_ms
+
+HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "date", "server"}
+CLIENT_HEADER = "x-meridian-client-region"
+
+
+@dataclass
+class RegionState:
+    url: str
+    dial: int = 100
+    healthy: bool = True
+    successes: int = 0
+    failures: int = 0
+    changed_at: float = field(default_factory=time.time)
+    requests: int = 0
+    errors: int = 0
+
+
+class Edge:
+    def __init__(self, regions: dict[str, str], *, dials: dict[str, int], health: dict[str, dict[str, Any]],
+                 time_scale: float = 1.0, latency_scale: float = 1.0, default_client: str | None = None) -> None:
+        self.regions = {r: RegionState(url=u, dial=dials.get(r, 100)) for r, u in regions.items()}
+        any_health = next(iter(health.values()), {"path": "/health/ready", "interval": 30, "threshold": 3})
+        self.path = str(any_health["path"])
+        self.interval = float(any_health["interval"]) * time_scale
+        self.threshold = int(any_health["threshold"])
+        self.latency_scale = latency_scale
+        self.default_client = default_client or next(iter(regions))
+        self.partitions: set[frozenset[str]] = set()
+        self.failed: set[str] = set()
+        self.events: list[dict[str, Any]] = []
+        self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
+        self.control: dict[str, Callable[[Request], Any]] = {}
+
+    # -- routing ---------------------------------------------------------------------------------------
+    def choose(self, client_region: str) -> list[str]:
+        """Regions in the order the edge would try them for a client there."""
+        serving = [r for r, s in self.regions.items() if s.dial > 0]
+        healthy = [r for r in serving if self.regions[r].healthy]
+        return nearest(client_region, healthy or serving)
+
+    async def delay(self, a: str, b: str) -> None:
+        if self.latency_scale > 0:
+            await asyncio.sleep(rtt_ms(a, b) * self.latency_scale / 1000)
+
+    # -- health checks -----------------------------------------------------------------------------------
+    async def check_loop(self) -> None:
+        while True:
+            await asyncio.gather(*(self.check(r) for r in self.regions))
+            await asyncio.sleep(self.interval)
+
+    async def check(self, region: str) -> None:
+        state = self.regions[region]
+        try:
+            resp = await self.http.get(state.url + self.path, timeout=max(0.5, min(4.0, self.interval)))
+            ok = resp.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            state.successes, state.failures = state.successes + 1, 0
+            if not state.healthy and state.successes >= self.threshold:
+                self._transition(region, True)
+        else:
+            state.failures, state.successes = state.failures + 1, 0
+            if state.healthy and state.failures >= self.threshold:
+                self._transition(region, False)
+
+    def _transition(self, region: str, healthy: bool) -> None:
+        state = self.regions[region]
+        state.healthy, state.changed_at = healthy, time.time()
+        self.events.append({"at": state.changed_at, "region": region, "healthy": healthy})
+
+    # -- HTTP ------------------------------------------------------------------------------------------------
+    async def proxy(self, request: Request) -> Response:
+        client_region = request.headers.get(CLIENT_HEADER, self.default_client)
+        order = self.choose(client_region)
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        target = order[0]
+        state = self.regions[target]
+        state.requests += 1
+        await self.delay(client_region, target)
+        try:
+            resp = await self.http.request(request.method, state.url + path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            state.errors += 1
+            return JSONResponse({"error": "edge_upstream", "message": f"{target} did not answer ({type(exc).__name__})"},
+                                status_code=502, headers={"X-Meridian-Edge-Target": target})
+        out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+        out["X-Meridian-Edge-Target"] = target
+        return Response(resp.content, status_code=resp.status_code, headers=out)
+
+    async def link(self, request: Request) -> Response:
+        src, dst, rest = request.path_params["src"], request.path_params["dst"], request.path_params["rest"]
+        if dst not in self.regions:
+            return JSONResponse({"error": "no_such_region", "message": dst}, status_code=404)
+        if frozenset((src, dst)) in self.partitions or dst in self.failed or src in self.failed:
+            return JSONResponse({"error": "link_down", "message": f"{src} cannot reach {dst}"}, status_code=502)
+        await self.delay(src, dst)
+        body = await request.body()
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
+        path = "/" + rest + (f"?{request.url.query}" if request.url.query else "")
+        try:
+            resp = await self.http.request(request.method, self.regions[dst].url + path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": "link_down", "message": f"{dst}: {type(exc).__name__}"}, status_code=502)
+        out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+        return Response(resp.content, status_code=resp.status_code, headers=out)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            r: {"url": s.url, "dial": s.dial, "healthy": s.healthy, "since": s.changed_at, "requests": s.requests, "errors": s.errors}
+            for r, s in self.regions.items()
+        }
+
+    def app(self, control_routes: list[Route]) -> Starlette:
+        routes = [
+            *control_routes,
+            Route("/_link/{src}/{dst}/{rest:path}", self.link, methods=["GET", "POST", "PUT", "DELETE"]),
+            Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        ]
+        @contextlib.asynccontextmanager
+        async def lifespan(_: Starlette) -> AsyncIterator[None]:
+            task = asyncio.create_task(self.check_loop())
+            yield
+            task.cancel()
+            await self.http.aclose()
+
+        return Starlette(routes=routes, lifespan=lifespan)
