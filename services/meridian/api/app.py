@@ -266,8 +266,15 @@ def create_app(service: Service) -> FastAPI:
         decision = decide(kind=kind, here=region, home=home, zone_regions=zone_regions, healthy=service.healthy(),
                           token_region=token.region if token else None, token_satisfied=ok)
         if decision.action in ("forward", "failover") and decision.region != region:
-            return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
-                                                         failover=decision.action == "failover")
+            try:
+                return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
+                                                             failover=decision.action == "failover")
+            except ApiError:
+                if region not in zone_regions:
+                    raise
+                # Every other region of the zone is unreachable from here, and this one belongs to the
+                # zone: execute here as a failover write (a read serves the local replica).
+                return Decision("failover", region, "no other region of the zone reachable; executing here"), zone, None
         if decision.action == "unavailable":
             raise ApiError(503, "zone_unavailable", f"{decision.reason}; nothing was written")
         return decision, zone, None
@@ -332,10 +339,12 @@ def create_app(service: Service) -> FastAPI:
         body = await request.body()
         from_peer = await peer_call(request, body)
         token = service.token(x_meridian_session)
+        failover = request.headers.get(FAILOVER_HEADER) == "1"
         if not from_peer:
-            _, zone, forwarded = await route(request, body, user_id, kind="write", table="users", token=token)
+            decision, zone, forwarded = await route(request, body, user_id, kind="write", table="users", token=token)
             if forwarded is not None:
                 return forwarded
+            failover = decision.action == "failover"
         else:
             located = service.locate(user_id)
             if located is None:
@@ -343,8 +352,7 @@ def create_app(service: Service) -> FastAPI:
             zone = located[1]
         assert zone is not None
         try:
-            item, hlc = await asyncio.to_thread(service.store.update_user, zone, user_id, payload.model_dump(),
-                                                failover=request.headers.get(FAILOVER_HEADER) == "1")
+            item, hlc = await asyncio.to_thread(service.store.update_user, zone, user_id, payload.model_dump(), failover=failover)
         except KeyError:
             raise ApiError(404, "not_found", f"no user {user_id!r}") from None
         return JSONResponse(public_user(item), headers={SESSION_HEADER: service.issue(token, scope=user_id, table="users", hlc=hlc)})

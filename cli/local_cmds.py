@@ -1,0 +1,225 @@
+"""`meridian up --local`, `meridian local status|fail|partition|heal`, `meridian down`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from meridian_cli.commands import REGISTRY
+from meridian_cli.main import UsageError, add_stack_options, console, resolve_topology
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    from meridian_local.state import DEFAULT_DIR
+
+    return Path(getattr(args, "state_dir", None) or DEFAULT_DIR)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def start_local(topology_path: str, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, timeout: float = 120) -> dict[str, Any]:
+    """Start the supervisor in the background and wait until every region serves."""
+    from meridian_local import moto_server
+    from meridian_local.state import read_state, state_file
+
+    running = read_state(state_dir)
+    if running is not None:
+        raise UsageError(f"a local run is already up (edge {running['edge']}, pid {running['pid']}); run `meridian down` first")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_file(state_dir).unlink(missing_ok=True)
+    log_path = state_dir / "supervisor.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - the supervisor's output
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meridian_local.supervisor", "--config", topology_path, "--state", str(state_dir),
+         "--edge-port", str(moto_server.free_port()), "--time-scale", str(time_scale), "--latency-scale", str(latency_scale),
+         "--lag", str(lag)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_state(state_dir)
+        if state is not None:
+            return state
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            raise UsageError(f"the local run failed to start: {' | '.join(tail)} (full log: {log_path})")
+        time.sleep(0.2)
+    proc.terminate()
+    raise UsageError(f"the local run was not ready within {timeout:.0f} s; see {log_path}")
+
+
+def stop_local(state_dir: Path, timeout: float = 30) -> list[int]:
+    """Stop the supervisor; returns the pids still alive afterwards (empty: nothing left)."""
+    from meridian_local.state import pid_alive, read_state
+
+    state = read_state(state_dir)
+    if state is None:
+        return []
+    pids = [int(state["pid"]), *[int(r["pid"]) for r in state["regions"].values() if r.get("pid")]]
+    if state.get("moto_pid"):
+        pids.append(int(state["moto_pid"]))
+    os.kill(int(state["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if pid_alive(p)]
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise UsageError("only `meridian up --local` is offered; deploy to AWS with `pulumi up`")
+    topology = resolve_topology(args)
+    path = args.config or f"Pulumi.{args.stack}.yaml"
+    state_dir = _state_dir(args)
+    from meridian_local.state import read_state
+
+    if (running := read_state(state_dir)) is not None:
+        raise UsageError(f"a local run is already up (edge {running['edge']}, pid {running['pid']}); run `meridian down` first")
+    out = console()
+    out.print(f"starting {len(topology.regions)} regions of {topology.project}/{topology.stack} locally ...")
+    state = start_local(path, state_dir, time_scale=args.time_scale, latency_scale=args.latency_scale, lag=args.lag)
+    out.print(f"edge {state['edge']}  embedded AWS {state['aws_endpoint']}  state {state_dir}")
+    for region, info in state["regions"].items():
+        out.print(f"  {region:16} {info['url']}")
+    if args.detach:
+        out.print("running in the background: `meridian local status`, `meridian down`")
+        return 0
+    try:
+        _live(state_dir)
+    finally:
+        stop_local(state_dir)
+    return 0
+
+
+def _status_table(status: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{status['stack']}: edge {status['edge']}", title_justify="left")
+    for column in ("region", "state", "edge health", "dial", "requests", "errors"):
+        table.add_column(column)
+    for region, r in status["regions"].items():
+        table.add_row(region, r["state"], "healthy" if r["healthy"] else "[red]unhealthy[/]", str(r["dial"]), str(r["requests"]), str(r["errors"]))
+    rep = status["replication"]
+    lags = ", ".join(f"{k} {v['lag_p50_ms']:.0f} ms" for k, v in rep["pairs"].items() if v["lag_p50_ms"] is not None) or "no traffic yet"
+    table.caption = (f"replication: pending {rep['pending']}, held {rep['held']}, conflicts {rep['conflicts_recorded']}, "
+                     f"partitions {rep['partitions'] or 'none'}\nlag p50: {lags}")
+    table.caption_justify = "left"
+    return table
+
+
+def _live(state_dir: Path) -> None:
+    from rich.live import Live
+
+    from meridian_local.state import control
+
+    with Live(refresh_per_second=2) as live:
+        while True:
+            live.update(_status_table(control(state_dir, "GET", "status")))
+            time.sleep(0.5)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from meridian_local.state import NotRunning, control
+
+    try:
+        status = control(_state_dir(args), "GET", "status")
+    except NotRunning as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        console().print(_status_table(status))
+    return 0
+
+
+def _control(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    from meridian_local.state import NotRunning, control
+
+    try:
+        return control(_state_dir(args), method, path, body)
+    except (NotRunning, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_fail(args: argparse.Namespace) -> int:
+    _control(args, "POST", f"fail/{args.region}")
+    print(f"{args.region} failed: its service is down and replication to and from it is held")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    _control(args, "POST", "partition", {"a": args.region_a, "b": args.region_b})
+    print(f"{args.region_a} and {args.region_b} can no longer reach each other")
+    return 0
+
+
+def cmd_heal(args: argparse.Namespace) -> int:
+    _control(args, "POST", "heal", {"region": args.region} if args.region else {})
+    print(f"healed {args.region or 'every region and link'}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from meridian_local.state import read_state
+
+    state_dir = _state_dir(args)
+    if read_state(state_dir) is None:
+        print(f"no local run in {state_dir}")
+        return 0
+    left = stop_local(state_dir)
+    if left:
+        raise UsageError(f"processes still alive after stopping: {left}")
+    print("stopped the local run; no process left")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = sub.add_parser("up", help="run every region of a stack on this machine (--local)")
+    add_stack_options(up)
+    up.add_argument("--local", action="store_true", help="embedded AWS (moto), one service process per region, emulated edge")
+    up.add_argument("--detach", action="store_true", help="return once every region serves, leaving it running")
+    up.add_argument("--latency-scale", type=_positive, default=1.0, help="multiply real inter-region delays (0: none)")
+    up.add_argument("--time-scale", type=_positive, default=1.0, help="multiply health-check intervals (0.1: ten times faster)")
+    up.add_argument("--lag", type=_positive, default=0.5, help="emulated replication lag in seconds (default 0.5)")
+    up.add_argument("--state-dir", help=argparse.SUPPRESS)
+    up.set_defaults(handler=cmd_up)
+
+    local = sub.add_parser("local", help="inspect and break a local run")
+    local_sub = local.add_subparsers(dest="local_command", metavar="SUBCOMMAND")
+    status = local_sub.add_parser("status", help="regions, edge health, dials, replication")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+    fail = local_sub.add_parser("fail", help="fail a region (its service dies; replication holds)")
+    fail.add_argument("region")
+    fail.set_defaults(handler=cmd_fail)
+    part = local_sub.add_parser("partition", help="cut the link between two regions")
+    part.add_argument("region_a")
+    part.add_argument("region_b")
+    part.set_defaults(handler=cmd_partition)
+    heal = local_sub.add_parser("heal", help="heal one region, or everything")
+    heal.add_argument("region", nargs="?")
+    heal.set_defaults(handler=cmd_heal)
+    for p in (status, fail, part, heal):
+        p.add_argument("--state-dir", help=argparse.SUPPRESS)
+
+    down = sub.add_parser("down", help="stop the local run; leaves no process behind")
+    down.add_argument("--state-dir", help=argparse.SUPPRESS)
+    down.set_defaults(handler=cmd_down)
+
+
+REGISTRY.append(register)
