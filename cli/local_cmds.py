@@ -188,6 +188,33 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gameday(args: argparse.Namespace) -> int:
+    from meridian_local import gameday
+    from meridian_local.state import read_state
+
+    state_dir = _state_dir(args)
+    if read_state(state_dir) is None:
+        raise UsageError(f"no local run in {state_dir}; start one with `meridian up --local --detach` first")
+    scenarios = list(gameday.SCENARIOS) if args.scenario == "all" else [args.scenario]
+    out = console()
+    out.print(f"game day: {', '.join(scenarios)} (phases of {args.phase_seconds:.0f} s) ...")
+    metrics = gameday.run(state_dir, scenarios, Path(args.report), phase_seconds=args.phase_seconds, workers=args.workers)
+    for name, check in metrics["checks"].items():
+        mark = "[green]PASS[/]" if check["pass"] else "[red]FAIL[/]"
+        detail = check.get("value", f"{check.get('recorded')} recorded, {check.get('injected')} injected")
+        out.print(f"  {mark} {name}: {detail}" + ("" if check["pass"] else f"  {check.get('examples') or check}"))
+    if "failover" in metrics:
+        f = metrics["failover"]
+        seconds = f"{f['seconds']:.2f} s" if f["seconds"] is not None else "never"
+        mark = "[green]PASS[/]" if f["within_target"] else "[red]FAIL[/]"
+        out.print(f"  {mark} failover of {f['region']}: {seconds} (target {f['target_seconds']:.2f} s); "
+                  f"retries rescued {f['retries_rescued']}, errors after retry {f['client_errors_in_window']}")
+    out.print(f"  {metrics['requests']} requests, {metrics['requests_per_second']:.0f}/s; converged "
+              f"{metrics['convergence_seconds'] if metrics['convergence_seconds'] is None else round(metrics['convergence_seconds'], 2)} s after the load stopped")
+    out.print(f"report: {Path(args.report) / 'report.md'} (metrics.json, timeline.png)")
+    return 0 if metrics["passed"] else 1
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="run every region of a stack on this machine (--local)")
     add_stack_options(up)
@@ -216,6 +243,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     heal.set_defaults(handler=cmd_heal)
     for p in (status, fail, part, heal):
         p.add_argument("--state-dir", help=argparse.SUPPRESS)
+
+    day = sub.add_parser("gameday", help="drive load through the local edge, inject a failure, heal, check")
+    day.add_argument("--scenario", choices=["region-loss", "partition", "conflicts", "all"], default="all")
+    day.add_argument("--report", default="reports/gameday", metavar="DIR", help="where report.md, metrics.json, timeline.png go")
+    day.add_argument("--phase-seconds", type=_positive, default=6.0, help="length of each steady phase")
+    day.add_argument("--workers", type=int, default=8, help="concurrent clients")
+    day.add_argument("--state-dir", help=argparse.SUPPRESS)
+    day.set_defaults(handler=cmd_gameday)
 
     down = sub.add_parser("down", help="stop the local run; leaves no process behind")
     down.add_argument("--state-dir", help=argparse.SUPPRESS)

@@ -51,8 +51,11 @@ def decide(
             return Decision("local", here, "this region stores the user's zone and has the session's writes")
         if token_region and not token_satisfied and token_region in zone_regions and ok(token_region):
             return Decision("forward", token_region, "local replica has not caught up with the session; read where it wrote")
-        if in_zone:
-            return Decision("local", here, "session's region unreachable; serving the local replica (may be stale)")
+        if in_zone and token_satisfied:
+            return Decision("local", here, "serving the local replica")
+        if token_region and not token_satisfied:
+            # Read-your-writes is a promise: never answer from a replica that lacks the session's writes.
+            return Decision("unavailable", None, f"the session's writes are in {token_region}, unreachable from here; retry")
         # fall through: read outside the zone goes where writes go
     if ok(home):
         if home == here:

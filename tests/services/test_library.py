@@ -143,14 +143,23 @@ class TestRouting:
                    token_region=home, token_satisfied=token_ok)
         assert d.reason
         if d.action == "unavailable":
-            assert not any(ok or r == here for r, ok in healthy.items())
+            session_unreachable = kind == "read" and not token_ok and not (healthy[home] or home == here)
+            assert session_unreachable or not any(ok or r == here for r, ok in healthy.items())
             return
+        if kind == "read" and not token_ok:
+            assert d.region == home, "a read the local replica cannot satisfy goes where the session wrote"
         assert d.region in self.EU
         home_ok = healthy[home] or home == here
         if kind == "write":
             assert d.region == home if home_ok else d.action == "failover"
         if kind == "read" and here in self.EU and token_ok:
             assert d.action == "local" and d.region == here
+
+    def test_read_never_stale_when_session_region_unreachable(self) -> None:
+        """Read-your-writes over availability: no stale local answer, a clear 503 instead."""
+        d = decide(kind="read", here="eu-central-1", home="eu-west-1", zone_regions=self.EU, healthy={"eu-west-1": False},
+                   token_region="eu-west-1", token_satisfied=False)
+        assert d.action == "unavailable" and "eu-west-1" in d.reason
 
     def test_stale_read_goes_to_token_region(self) -> None:
         d = decide(kind="read", here="eu-central-1", home="eu-west-1", zone_regions=self.EU, healthy={}, token_region="eu-west-1", token_satisfied=False)

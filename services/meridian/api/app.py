@@ -263,6 +263,8 @@ def create_app(service: Service) -> FastAPI:
         ok = True
         if kind == "read" and region in zone_regions:
             ok = satisfied(token, here=region, scope=user_id, table=table, local=local_version(zone) if local_version else None)
+        elif kind == "read" and token is not None and token.scope == user_id and token.region != home:
+            ok = False  # read from outside the zone: go where the session last wrote, not to a stale home
         decision = decide(kind=kind, here=region, home=home, zone_regions=zone_regions, healthy=service.healthy(),
                           token_region=token.region if token else None, token_satisfied=ok)
         if decision.action in ("forward", "failover") and decision.region != region:
@@ -276,6 +278,8 @@ def create_app(service: Service) -> FastAPI:
                 # zone: execute here as a failover write (a read serves the local replica).
                 return Decision("failover", region, "no other region of the zone reachable; executing here"), zone, None
         if decision.action == "unavailable":
+            if kind == "read":
+                raise ApiError(503, "session_unavailable", decision.reason)
             raise ApiError(503, "zone_unavailable", f"{decision.reason}; nothing was written")
         return decision, zone, None
 

@@ -1,0 +1,450 @@
+"""Game days against a local run: steady load through the edge, a failure, heal, convergence, checks.
+
+Clients in several places (``X-Meridian-Client-Region``) create users in every zone, update profiles,
+place idempotent orders, increment counters and read with their session tokens. Scenarios:
+
+- ``region-loss``: fail a region of a residency zone; measure the time until the edge routes its
+  clients elsewhere against interval x threshold; count client errors and retries that rescued them.
+- ``partition``: cut the link between two regions of the zone for a while, under load.
+- ``conflicts``: during a partition, write the same users on both sides on purpose.
+
+Then heal, wait for replication to drain, and check: acknowledged writes lost (0), residency
+violations (0), replicas identical, the injected conflicts recorded and nothing unexplained,
+read-your-writes violations (0). Writes report.md, metrics.json and timeline.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+
+from meridian.hlc import Version
+from meridian_local.applier import NO_RETRIES
+from meridian_local.state import control
+
+SCENARIOS = ("region-loss", "partition", "conflicts")
+
+
+@dataclass
+class Sample:
+    at: float
+    place: str
+    op: str
+    status: int
+    latency: float
+    executed: str
+    phase: str
+    retried: bool = False
+
+
+@dataclass
+class Ledger:
+    """What the game day was told succeeded: the source of the 'no acknowledged write lost' check."""
+
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)  # user_id -> {zone, versions: [...], place}
+    orders: dict[str, tuple[str, str]] = field(default_factory=dict)  # order_id -> (user_id, zone)
+    increments: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # region shard -> acked total
+    ryw_violations: list[str] = field(default_factory=list)
+    injected: set[str] = field(default_factory=set)  # user ids written on both sides on purpose
+
+
+class GameDay:
+    def __init__(self, state_dir: Path, *, scenarios: Iterable[str], phase_seconds: float = 6.0, workers: int = 8,
+                 conflict_users: int = 5, seed: int = 7, think: float = 0.25) -> None:
+        self.state_dir = state_dir
+        self.scenarios = list(scenarios)
+        self.phase_seconds, self.workers, self.conflict_users, self.think = phase_seconds, workers, conflict_users, think
+        self.rng = random.Random(seed)
+        self.status = control(state_dir, "GET", "status")
+        self.edge = self.status["edge"]
+        self.zones: dict[str, list[str]] = self.status["zones"]
+        self.regions = list(self.status["regions"])
+        # The zone to break: the smallest zone with two regions or more (e.g. eu), else the all-regions zone.
+        multi = sorted((z for z, rs in self.zones.items() if len(rs) >= 2), key=lambda z: len(self.zones[z]))
+        self.zone = multi[0]
+        self.victim, self.peer = self.zones[self.zone][0], self.zones[self.zone][1]
+        self.samples: list[Sample] = []
+        self.marks: list[tuple[float, str]] = []
+        self.ledger = Ledger()
+        self.phase = "before"
+        self.metrics: dict[str, Any] = {"scenarios": self.scenarios, "zone": self.zone, "victim": self.victim, "peer": self.peer}
+        self.http = httpx.AsyncClient(base_url=self.edge, timeout=10.0, limits=httpx.Limits(max_connections=64))
+        self.stop = asyncio.Event()
+        self.sessions: dict[str, str] = {}
+        self.place_users: dict[str, list[str]] = defaultdict(list)
+
+    # -- one request, with the client's single retry --------------------------------------------------
+    async def request(self, place: str, op: str, method: str, path: str, *, json_body: Any = None,
+                      headers: dict[str, str] | None = None) -> httpx.Response | None:
+        headers = {"X-Meridian-Client-Region": place, **(headers or {})}
+        retried = False
+        for attempt in range(2):
+            start = time.time()
+            try:
+                resp = await self.http.request(method, path, json=json_body, headers=headers)
+                status, executed = resp.status_code, resp.headers.get("X-Meridian-Region", "?")
+            except httpx.HTTPError:
+                resp, status, executed = None, 599, "?"
+            self.samples.append(Sample(start, place, op, status, time.time() - start, executed, self.phase, retried))
+            if resp is not None and status < 500:
+                return resp
+            retried = True
+            await asyncio.sleep(0.3 * (attempt + 1))
+        return None
+
+    def zone_for(self, place: str) -> str:
+        """Clients in a zone's region mostly live in that zone; everyone else in the all-regions zone."""
+        own = [z for z, rs in self.zones.items() if place in rs and len(rs) < len(self.regions)]
+        return own[0] if own and self.rng.random() < 0.8 else max(self.zones, key=lambda z: len(self.zones[z]))
+
+    # -- steady load ------------------------------------------------------------------------------------
+    async def create_user(self, place: str) -> str | None:
+        zone = self.zone_for(place)
+        resp = await self.request(place, "create", "POST", "/v1/users",
+                                  json_body={"email": f"u{self.rng.randrange(10**9)}@example.com", "name": "gameday", "residency": zone})
+        if resp is None or resp.status_code != 201:
+            return None
+        user = resp.json()["user_id"]
+        self.ledger.users[user] = {"zone": zone, "versions": [], "place": place}
+        self.sessions[user] = resp.headers["X-Meridian-Session"]
+        self.place_users[place].append(user)
+        return str(user)
+
+    async def worker(self, place: str) -> None:
+        while not self.stop.is_set():
+            await asyncio.sleep(self.think)  # steady, not saturating: 2 cores host every region here
+            users = self.place_users[place]
+            roll = self.rng.random()
+            if not users or roll < 0.1:
+                await self.create_user(place)
+                continue
+            user = self.rng.choice(users)
+            session = {"X-Meridian-Session": self.sessions[user]}
+            if roll < 0.4:
+                resp = await self.request(place, "update", "PUT", f"/v1/users/{user}", json_body={"name": f"n{self.rng.randrange(10**6)}"}, headers=session)
+                if resp is not None and resp.status_code == 200:
+                    self.ledger.users[user]["versions"].append(resp.json()["version"])
+                    self.sessions[user] = resp.headers["X-Meridian-Session"]
+            elif roll < 0.6:
+                key = f"k{self.rng.randrange(10**9)}"
+                body = {"item": "widget", "qty": self.rng.randint(1, 5)}
+                resp = await self.request(place, "order", "POST", f"/v1/users/{user}/orders", json_body=body, headers={**session, "Idempotency-Key": key})
+                if resp is not None and resp.status_code == 201:
+                    self.ledger.orders[resp.json()["order_id"]] = (user, self.ledger.users[user]["zone"])
+                    self.sessions[user] = resp.headers["X-Meridian-Session"]
+            elif roll < 0.75:
+                resp = await self.request(place, "increment", "POST", "/v1/counters/gameday/increment", json_body={"by": 1})
+                if resp is not None and resp.status_code == 200:
+                    self.ledger.increments[resp.headers["X-Meridian-Region"]] += 1
+            else:
+                versions = list(self.ledger.users[user]["versions"])  # what was acknowledged before this read
+                resp = await self.request(place, "read", "GET", f"/v1/users/{user}", headers=session)
+                if resp is not None and resp.status_code == 200 and versions:
+                    seen, wrote = Version.decode(resp.json()["version"]), Version.decode(versions[-1])
+                    if seen.hlc < wrote.hlc:
+                        self.ledger.ryw_violations.append(
+                            f"{user}: read {seen.encode()} in {resp.headers.get('X-Meridian-Region')} "
+                            f"(edge sent {place} to {resp.headers.get('X-Meridian-Edge-Target')}) after writing {wrote.encode()}")
+
+    # -- control ------------------------------------------------------------------------------------------
+    def mark(self, label: str) -> None:
+        self.marks.append((time.time(), label))
+
+    async def ctl(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(control, self.state_dir, method, path, body)
+
+    async def wait_for(self, predicate: Any, timeout: float, step: float = 0.1) -> float | None:
+        start = time.time()
+        while time.time() - start < timeout:
+            status = await self.ctl("GET", "status")
+            if predicate(status):
+                return time.time() - start
+            await asyncio.sleep(step)
+        return None
+
+    async def region_loss(self) -> None:
+        hc = self.status["health_check"]
+        target = hc["interval"] * hc["threshold"]
+        self.phase = "during"
+        t0 = time.time()
+        self.mark(f"fail {self.victim}")
+        await self.ctl("POST", f"fail/{self.victim}")
+        elapsed = await self.wait_for(lambda s: not s["regions"][self.victim]["healthy"], timeout=max(20.0, target * 6))
+        self.metrics["failover"] = {
+            "region": self.victim, "seconds": elapsed, "target_seconds": target,
+            "within_target": elapsed is not None and elapsed <= target + hc["interval"] * 1.5,
+        }
+        await asyncio.sleep(self.phase_seconds)
+        window = [s for s in self.samples if t0 <= s.at <= t0 + (elapsed or 0)]
+        self.metrics["failover"] |= {
+            "client_errors_in_window": sum(1 for s in window if s.status >= 500 and s.retried),
+            "retries_rescued": sum(1 for s in self.samples if s.at >= t0 and s.retried and s.status < 500),
+            "first_attempt_failures": sum(1 for s in self.samples if s.at >= t0 and not s.retried and s.status >= 500),
+        }
+        self.mark(f"heal {self.victim}")
+        await self.ctl("POST", "heal", {"region": self.victim})
+        back = await self.wait_for(lambda s: s["regions"][self.victim]["healthy"], timeout=max(30.0, target * 8))
+        self.metrics["failover"]["recovery_seconds"] = back
+        self.phase = "after"
+
+    async def partition(self, inject: int = 0) -> None:
+        # The users written on both sides must exist on both sides before the link is cut.
+        injected = []
+        for _ in range(inject):
+            user = await self.create_user(self.victim)
+            if user and self.ledger.users[user]["zone"] == self.zone:
+                injected.append(user)
+        if inject:
+            await self.wait_drained()
+        self.phase = "during"
+        self.mark(f"partition {self.victim}|{self.peer}")
+        await self.ctl("POST", "partition", {"a": self.victim, "b": self.peer})
+        await asyncio.sleep(self.phase_seconds / 2)
+        for user in injected:
+            ok = 0
+            for place in (self.victim, self.peer):
+                resp = await self.request(place, "update", "PUT", f"/v1/users/{user}", json_body={"name": f"split-{place}"})
+                if resp is not None and resp.status_code == 200:
+                    self.ledger.users[user]["versions"].append(resp.json()["version"])
+                    ok += resp.headers.get("X-Meridian-Region") == place
+            if ok == 2:
+                self.ledger.injected.add(user)
+        await asyncio.sleep(self.phase_seconds / 2)
+        self.mark("heal partition")
+        await self.ctl("POST", "heal", {})
+        self.phase = "after"
+
+    async def wait_drained(self, timeout: float = 60.0) -> float | None:
+        return await self.wait_for(lambda s: s["replication"]["pending"] == 0, timeout=timeout, step=0.2)
+
+    # -- run --------------------------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        started = time.time()
+        self.mark("start")
+        places = self.regions
+        tasks = [asyncio.create_task(self.worker(places[i % len(places)])) for i in range(self.workers)]
+        await asyncio.sleep(self.phase_seconds)
+        for scenario in self.scenarios:
+            if scenario == "region-loss":
+                await self.region_loss()
+            elif scenario == "partition":
+                await self.partition()
+            elif scenario == "conflicts":
+                await self.partition(inject=self.conflict_users)
+            await asyncio.sleep(self.phase_seconds / 2)
+        self.stop.set()
+        await asyncio.gather(*tasks)
+        self.mark("load stopped")
+        drained = await self.wait_drained()
+        self.metrics["convergence_seconds"] = drained
+        self.metrics["duration_seconds"] = time.time() - started
+        await self.http.aclose()
+        status = await self.ctl("GET", "status")
+        self.metrics["marks"] = [(round(at - started, 2), label) for at, label in self.marks]
+        self.metrics["checks"] = await asyncio.to_thread(Checks(status, self.ledger).run)
+        self.metrics["replication"] = status["replication"]
+        self.metrics["latency_ms"] = latency_table(self.samples)
+        self.metrics["requests"] = len(self.samples)
+        self.metrics["requests_per_second"] = len(self.samples) / max(1e-9, self.samples[-1].at - self.samples[0].at) if self.samples else 0
+        self.metrics["read_your_writes_violations"] = len(self.ledger.ryw_violations)
+        return self.metrics
+
+
+def latency_table(samples: list[Sample]) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for s in samples:
+        if s.status < 500:
+            groups[(s.place, s.phase)].append(s.latency * 1000)
+    for (place, phase), values in sorted(groups.items()):
+        values.sort()
+        out[place][phase] = {"p50": values[len(values) // 2], "p99": values[min(len(values) - 1, int(len(values) * 0.99))], "n": len(values)}
+    return dict(out)
+
+
+class Checks:
+    """Reads every replica in the embedded AWS and compares it with what clients were told."""
+
+    def __init__(self, status: dict[str, Any], ledger: Ledger) -> None:
+        self.status, self.ledger = status, ledger
+        self.tables: dict[str, list[str]] = status["tables"]
+        self.zones: dict[str, list[str]] = status["zones"]
+
+    def scan(self, table: str, region: str) -> list[dict[str, Any]]:
+        from meridian.store import from_item
+
+        client = boto3.client("dynamodb", region_name=region, endpoint_url=self.status["aws_endpoint"], config=NO_RETRIES,
+                              aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local")
+        items, kwargs = [], {"TableName": table}
+        while True:
+            resp = client.scan(**kwargs)
+            items += [from_item(i) for i in resp.get("Items", [])]
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def table_of(self, logical: str, zone: str) -> str:
+        return next(t for t in self.tables if t.endswith(f"-{zone}-{logical}") or (logical == "directory" and t.endswith("-directory")))
+
+    def run(self) -> dict[str, Any]:
+        replicas = {(t, r): self.scan(t, r) for t, regions in self.tables.items() for r in regions}
+        lost = []
+        for user, info in self.ledger.users.items():
+            table = self.table_of("users", info["zone"])
+            latest = max((Version.decode(v) for v in info["versions"]), default=None)
+            for region in self.tables[table]:
+                found = next((i for i in replicas[(table, region)] if i["user_id"] == user), None)
+                if found is None or (latest is not None and Version.decode(found["version"]) < latest):
+                    lost.append(f"user {user} in {region}")
+            directory = self.table_of("directory", "")
+            for region in self.tables[directory]:
+                if not any(i["user_id"] == user for i in replicas[(directory, region)]):
+                    lost.append(f"directory {user} in {region}")
+        for order, (user, zone) in self.ledger.orders.items():
+            table = self.table_of("orders", zone)
+            for region in self.tables[table]:
+                if not any(i["order_id"] == order for i in replicas[(table, region)]):
+                    lost.append(f"order {order} in {region}")
+        counters = self.table_of("counters", max(self.zones, key=lambda z: len(self.zones[z])))
+        for region in self.tables[counters]:
+            shards = {i["shard"]: int(i.get("value", 0)) for i in replicas[(counters, region)] if i["name"] == "gameday"}
+            for shard, acked in self.ledger.increments.items():
+                if shards.get(shard, 0) < acked:
+                    lost.append(f"counter shard {shard} in {region}: {shards.get(shard, 0)} < {acked} acknowledged")
+
+        residency = []
+        for (table, region), items in replicas.items():
+            zone = next((z for z in self.zones if f"-{z}-" in table), None)
+            if zone is not None and region not in self.zones[zone]:
+                residency.append(f"table {table} exists in {region}, outside zone {zone}")
+            for item in items:
+                if "zone" in item and not table.endswith("-directory") and zone is not None and item["zone"] != zone:
+                    residency.append(f"{table}@{region} holds an item of zone {item['zone']}")
+                if "zone" in item and region not in self.zones.get(str(item["zone"]), []) and not table.endswith("-directory"):
+                    residency.append(f"{table}@{region} holds {item.get('user_id')} of zone {item['zone']}")
+
+        diverged = []
+        for table, regions in self.tables.items():
+            def canon(items: list[dict[str, Any]]) -> list[str]:
+                return sorted(json.dumps(i, sort_keys=True, default=str) for i in items)
+            first = canon(replicas[(table, regions[0])])
+            for region in regions[1:]:
+                if canon(replicas[(table, region)]) != first:
+                    diverged.append(f"{table}: {regions[0]} != {region}")
+
+        recorded: dict[str, dict[str, Any]] = {}
+        for table, regions in self.tables.items():
+            if table.endswith("-conflicts"):
+                for region in regions:
+                    for item in replicas[(table, region)]:
+                        recorded[item["conflict_id"]] = item
+        acked_versions = {v for info in self.ledger.users.values() for v in info["versions"]}
+        conflict_users = {str(i["item_key"]).split("#", 1)[1] for i in recorded.values()}
+        missing = sorted(self.ledger.injected - conflict_users)
+        unexplained = [cid for cid, i in recorded.items()
+                       if not ({i["winner_version"], i["loser_version"]} & acked_versions)
+                       or Version.decode(i["winner_version"]).region == Version.decode(i["loser_version"]).region]
+        return {
+            "acknowledged_writes_lost": {"value": len(lost), "pass": not lost, "examples": lost[:5]},
+            "residency_violations": {"value": len(residency), "pass": not residency, "examples": residency[:5]},
+            "replicas_identical": {"value": len(diverged), "pass": not diverged, "examples": diverged[:5]},
+            "conflicts": {
+                "injected": len(self.ledger.injected), "recorded": len(recorded), "injected_missing": missing[:5],
+                "unexplained": unexplained[:5], "pass": not missing and not unexplained,
+            },
+            "read_your_writes": {"value": len(self.ledger.ryw_violations), "pass": not self.ledger.ryw_violations,
+                                 "examples": self.ledger.ryw_violations[:5]},
+        }
+
+
+def write_report(metrics: dict[str, Any], samples: list[Sample], marks: list[tuple[float, str]], report_dir: Path) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    plot_timeline(samples, marks, report_dir / "timeline.png")
+    checks = metrics["checks"]
+    lines = [
+        "# Game day report", "",
+        f"Scenarios: {', '.join(metrics['scenarios'])}; zone under test `{metrics['zone']}` ({metrics['victim']}, {metrics['peer']}).",
+        f"{metrics['requests']} requests in {metrics['duration_seconds']:.1f} s ({metrics['requests_per_second']:.0f}/s through the edge).", "",
+        "| check | result | value |", "| --- | --- | --- |",
+    ]
+    for name, check in checks.items():
+        value = check.get("value", f"{check.get('recorded')} recorded / {check.get('injected')} injected")
+        lines.append(f"| {name} | {'PASS' if check['pass'] else 'FAIL'} | {value} |")
+    if "failover" in metrics:
+        f = metrics["failover"]
+        seconds = f"{f['seconds']:.2f}" if f["seconds"] is not None else "never"
+        lines += ["", "## Failover", "",
+                  f"- {f['region']} failed: the edge routed its clients elsewhere after **{seconds} s** "
+                  f"(target interval x threshold = {f['target_seconds']:.2f} s; {'within' if f['within_target'] else 'OUTSIDE'} target).",
+                  f"- first attempts that failed after the failure: {f['first_attempt_failures']}; rescued by the client's retry: "
+                  f"{f['retries_rescued']}; errors the client saw after retrying, in the window: {f['client_errors_in_window']}.",
+                  f"- back to healthy after heal: {f.get('recovery_seconds')} s."]
+    lines += ["", "## Latency (ms, successful requests)", "", "| client place | phase | p50 | p99 | n |", "| --- | --- | --- | --- | --- |"]
+    for place, phases in metrics["latency_ms"].items():
+        for phase, v in phases.items():
+            lines.append(f"| {place} | {phase} | {v['p50']:.1f} | {v['p99']:.1f} | {v['n']} |")
+    lines += ["", f"Replication after the run: {json.dumps(metrics['replication']['pairs'])}", "",
+              "Timeline: ![timeline](timeline.png)", "",
+              "Emulated parts: replication, the edge (Route 53 latency routing + Global Accelerator) and the "
+              "inter-region network (see docs/local.md). The AWS APIs are moto's; the services are the real app."]
+    (report_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_timeline(samples: list[Sample], marks: list[tuple[float, str]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not samples:
+        return
+    t0 = samples[0].at
+    regions = sorted({s.executed for s in samples if s.executed != "?"})
+    end = int(samples[-1].at - t0) + 1
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for region in regions:
+        counts = [0] * (end + 1)
+        for s in samples:
+            if s.executed == region and s.status < 500:
+                counts[int(s.at - t0)] += 1
+        top.plot(range(end + 1), counts, label=f"executed in {region}")
+    errors = [0] * (end + 1)
+    for s in samples:
+        if s.status >= 500:
+            errors[int(s.at - t0)] += 1
+    bottom.bar(range(end + 1), errors, color="tab:red", label="5xx / no answer (before retry)")
+    for at, label in marks:
+        for ax in (top, bottom):
+            ax.axvline(at - t0, color="grey", linestyle="--", linewidth=0.8)
+        top.annotate(label, (at - t0, top.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top", ha="right")
+    top.set_ylabel("requests / s")
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title("Meridian game day: requests per second by executing region")
+    bottom.set_ylabel("errors / s")
+    bottom.set_xlabel("seconds since start")
+    bottom.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(state_dir: Path, scenarios: Iterable[str], report_dir: Path, **kw: Any) -> dict[str, Any]:
+    day = GameDay(state_dir, scenarios=scenarios, **kw)
+    metrics = asyncio.run(day.run())
+    write_report(metrics, day.samples, day.marks, report_dir)
+    checks = metrics["checks"]
+    failover_ok = metrics.get("failover", {}).get("within_target", True) if "region-loss" in day.scenarios else True
+    metrics["passed"] = all(c["pass"] for c in checks.values()) and failover_ok
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
