@@ -17,9 +17,14 @@ setup: $(STAMP)
 test: setup
 	$(BIN)/pytest
 
+# The main job on the embedded default: every region of the prod stack on this machine, a game day
+# (region loss, partition, injected conflicts), the checks and the report, then everything stopped.
 demo: setup
-	$(BIN)/meridian config validate --stack prod
 	$(BIN)/meridian plan --stack prod
+	$(BIN)/meridian down
+	$(BIN)/meridian up --local --stack prod --detach --time-scale 0.1 --latency-scale 0.2
+	$(BIN)/meridian gameday --scenario all --phase-seconds 4 --report reports/gameday; status=$$?; \
+	  $(BIN)/meridian down; exit $$status
 
 lint: setup
 	$(BIN)/ruff check .

@@ -31,7 +31,7 @@ from meridian_local.applier import NO_RETRIES, Applied
 
 
 #: Tables whose items are updated after creation: LWW with a conditional put, one item at a time.
-MUTABLE = {"users", "counters"}
+MUTABLE = {"users", "counters", "conflicts"}
 
 
 @dataclass
@@ -67,6 +67,8 @@ class Replicator:
         self.queue: deque[Delivery] = deque()
         self.stats: dict[tuple[str, str], PairStats] = defaultdict(PairStats)
         self.conflicts_recorded = 0
+        self.ignored = 0
+        self.enqueued: dict[str, int] = defaultdict(int)  # table -> deliveries queued
         self.errors: deque[str] = deque(maxlen=50)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -158,12 +160,19 @@ class Replicator:
             data = record["dynamodb"]
             image = from_item(data["NewImage"]) if "NewImage" in data else None
             old = from_item(data["OldImage"]) if "OldImage" in data else None
-            written_by = (image or old or {}).get("origin_region", region)
-            if written_by != region:
+            written_by = (image if record["eventName"] != "REMOVE" else old or {}) or {}
+            if "origin_region" not in written_by:
+                # Every Meridian write stamps origin_region. moto's UpdateItem also emits a key-only
+                # record before the real one; replicating that would overwrite a replica with an
+                # empty item, so such records are counted and skipped.
+                self.ignored += 1
+                continue
+            if written_by["origin_region"] != region:
                 continue  # arrived here by replication: the origin region's stream carries it
             for target in replicas:
                 if target == region:
                     continue
+                self.enqueued[table] += 1
                 with self._lock:
                     self.queue.append(Delivery(now + self.lag, now, table, region, target, record["eventName"],
                                                from_item(data["Keys"]), image))
@@ -299,6 +308,8 @@ class Replicator:
             "failed": sorted(self.failed),
             "partitions": sorted(sorted(p) for p in self.partitions),
             "conflicts_recorded": self.conflicts_recorded,
+            "enqueued": dict(self.enqueued),
+            "ignored_without_origin": self.ignored,
             "pairs": {f"{a}->{b}": {"delivered": s.delivered, "lag_p50_ms": s.lag_p50_ms()} for (a, b), s in sorted(self.stats.items())},
             "errors": list(self.errors)[-5:],
         }

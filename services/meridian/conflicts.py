@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meridian.hlc import Version
+from meridian.hlc import Timestamp, Version
 
 __all__ = ["RULE", "ConflictRecord", "concurrent", "conflict_between", "merge", "winner"]
 
@@ -69,6 +69,8 @@ class ConflictRecord:
             "winner": dict(self.winner),
             "loser": dict(self.loser),
             "regions": sorted({_version(self.winner).region, _version(self.loser).region}),
+            # Both regions detect the same conflict; as an LWW item of its own, the record converges.
+            "version": Version(Timestamp(self.detected_at_ms), self.detected_in).encode(),
             "detected_in": self.detected_in,
             "detected_at": self.detected_at_ms,
             "expires_at": int(time.time()) + RETENTION_SECONDS,

@@ -256,3 +256,18 @@ class TestCountersAndHealth:
     def test_openapi(self, cluster: Cluster) -> None:
         paths = cluster.call("eu-west-1", "GET", "/openapi.json").json()["paths"]
         assert {"/v1/users", "/v1/users/{user_id}", "/v1/users/{user_id}/orders", "/v1/counters/{name}/increment"} <= set(paths)
+
+
+class TestReadYourWritesUnderFailure:
+    def test_unreachable_session_region_is_503_not_stale(self, cluster: Cluster) -> None:
+        """The session wrote in eu-west-1, which then died before replicating: eu-central-1 refuses to
+        answer from its stale replica (503) instead of breaking read-your-writes."""
+        u = new_user(cluster, "eu-west-1")
+        cluster.replicate("users", "eu", "eu-west-1", "eu-central-1")
+        cluster.replicate("directory", "global", "eu-west-1", "eu-central-1")
+        upd = cluster.call("eu-west-1", "PUT", f"/v1/users/{u['user_id']}", json={"name": "newer"}, headers={"X-Meridian-Session": u["session"]})
+        cluster.down["eu-west-1"] = True
+        r = cluster.call("eu-central-1", "GET", f"/v1/users/{u['user_id']}", headers={"X-Meridian-Session": upd.headers["X-Meridian-Session"]})
+        assert r.status_code == 503 and r.json()["error"] == "session_unavailable"
+        # Without the session's token, the local replica answers.
+        assert cluster.call("eu-central-1", "GET", f"/v1/users/{u['user_id']}").status_code == 200

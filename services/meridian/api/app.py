@@ -272,8 +272,8 @@ def create_app(service: Service) -> FastAPI:
                 return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
                                                              failover=decision.action == "failover")
             except ApiError:
-                if region not in zone_regions:
-                    raise
+                if region not in zone_regions or (kind == "read" and not ok):
+                    raise  # never answer a read from a replica that lacks the session's writes
                 # Every other region of the zone is unreachable from here, and this one belongs to the
                 # zone: execute here as a failover write (a read serves the local replica).
                 return Decision("failover", region, "no other region of the zone reachable; executing here"), zone, None
