@@ -271,9 +271,13 @@ def create_app(service: Service) -> FastAPI:
             try:
                 return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
                                                              failover=decision.action == "failover")
-            except ApiError:
-                if region not in zone_regions or (kind == "read" and not ok):
-                    raise  # never answer a read from a replica that lacks the session's writes
+            except ApiError as exc:
+                if kind == "read" and not ok:
+                    # Never answer a read from a replica that lacks the session's writes.
+                    raise ApiError(503, "session_unavailable", f"the session's writes are in {decision.region}, "
+                                   f"unreachable now ({exc.message}); retry") from None
+                if region not in zone_regions:
+                    raise
                 # Every other region of the zone is unreachable from here, and this one belongs to the
                 # zone: execute here as a failover write (a read serves the local replica).
                 return Decision("failover", region, "no other region of the zone reachable; executing here"), zone, None
