@@ -225,6 +225,7 @@ class GameDay:
         self.phase = "after"
 
     async def wait_drained(self, timeout: float = 60.0) -> float | None:
+        await asyncio.sleep(0.7)  # idle streams are polled at least every 0.5 s
         return await self.wait_for(lambda s: s["replication"]["pending"] == 0, timeout=timeout, step=0.2)
 
     # -- run --------------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ def write_report(metrics: dict[str, Any], samples: list[Sample], marks: list[tup
                   f"(target interval x threshold = {f['target_seconds']:.2f} s; {'within' if f['within_target'] else 'OUTSIDE'} target).",
                   f"- first attempts that failed after the failure: {f['first_attempt_failures']}; rescued by the client's retry: "
                   f"{f['retries_rescued']}; errors the client saw after retrying, in the window: {f['client_errors_in_window']}.",
-                  f"- back to healthy after heal: {f.get('recovery_seconds')} s."]
+                  f"- back to healthy after heal: {f['recovery_seconds']:.2f} s." if f.get("recovery_seconds") is not None else "- never healthy again after heal."]
     lines += ["", "## Latency (ms, successful requests)", "", "| client place | phase | p50 | p99 | n |", "| --- | --- | --- | --- | --- |"]
     for place, phases in metrics["latency_ms"].items():
         for phase, v in phases.items():
@@ -412,7 +413,7 @@ def plot_timeline(samples: list[Sample], marks: list[tuple[float, str]], path: P
     t0 = samples[0].at
     regions = sorted({s.executed for s in samples if s.executed != "?"})
     end = int(samples[-1].at - t0) + 1
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(13, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for region in regions:
         counts = [0] * (end + 1)
         for s in samples:
@@ -427,13 +428,14 @@ def plot_timeline(samples: list[Sample], marks: list[tuple[float, str]], path: P
     for at, label in marks:
         for ax in (top, bottom):
             ax.axvline(at - t0, color="grey", linestyle="--", linewidth=0.8)
-        top.annotate(label, (at - t0, top.get_ylim()[1] * 0.95), rotation=90, fontsize=7, va="top", ha="right")
+        top.annotate(label, (at - t0, top.get_ylim()[1] * 0.98), rotation=90, fontsize=7, va="top", ha="right",
+                     bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
     top.set_ylabel("requests / s")
-    top.legend(fontsize=8, loc="upper left")
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.set_title("Meridian game day: requests per second by executing region")
     bottom.set_ylabel("errors / s")
     bottom.set_xlabel("seconds since start")
-    bottom.legend(fontsize=8, loc="upper left")
+    bottom.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

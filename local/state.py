@@ -21,13 +21,18 @@ def state_file(state_dir: Path) -> Path:
 
 
 def pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
