@@ -33,6 +33,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/service.py
+	$(BIN)/python bench/edge.py
 
 clean:
 	rm -rf $(VENV) .meridian reports
