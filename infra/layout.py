@@ -29,7 +29,7 @@ SERVICE_TABLE_ACTIONS = (
     "dynamodb:Query",
     "dynamodb:UpdateItem",
 )
-CANARY_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query")
+CANARY_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem")
 STREAM_READ_ACTIONS = (
     "dynamodb:DescribeStream",
     "dynamodb:GetRecords",
@@ -37,10 +37,7 @@ STREAM_READ_ACTIONS = (
     "dynamodb:ListStreams",
 )
 AUDITOR_TABLE_ACTIONS = ("dynamodb:PutItem",)
-EVACUATOR_ACCELERATOR_ACTIONS = (
-    "globalaccelerator:DescribeEndpointGroup",
-    "globalaccelerator:UpdateEndpointGroup",
-)
+EVACUATOR_ACCELERATOR_ACTIONS = ("globalaccelerator:UpdateEndpointGroup",)
 EVACUATOR_DISCOVERY_ACTIONS = (
     "globalaccelerator:ListAccelerators",
     "globalaccelerator:ListEndpointGroups",

@@ -432,6 +432,15 @@ class Region(pulumi.ComponentResource):
             f"{name}-canary-schedule", action="lambda:InvokeFunction", function=canary.name,
             principal="events.amazonaws.com", source_arn=rule.arn, opts=self._child,
         )
+        # The same schedule drives the evacuator's reconcile: restore after the cooling period.
+        evacuator = functions["evacuator"]
+        aws.cloudwatch.EventTarget(
+            f"{name}-evacuator-reconcile", rule=rule.name, arn=evacuator.arn, input=json.dumps({"action": "reconcile"}), opts=self._child
+        )
+        aws.lambda_.Permission(
+            f"{name}-evacuator-reconcile", action="lambda:InvokeFunction", function=evacuator.name,
+            principal="events.amazonaws.com", source_arn=rule.arn, opts=self._child,
+        )
         auditor = functions["conflict-auditor"]
         for table, stream_arn in sorted(args.stream_arns.items()):
             aws.lambda_.EventSourceMapping(

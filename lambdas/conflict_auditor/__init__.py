@@ -1,1 +1,1 @@
-"""Meridian."""
+"""Meridian Lambda: conflict_auditor."""

@@ -1,1 +1,1 @@
-"""Meridian."""
+"""Meridian Lambda: replication_canary."""

@@ -86,3 +86,14 @@ def conflict_between(
     keep = winner(old, new)
     lose = new if keep is old else old
     return ConflictRecord(table, item_key, keep, lose, region, int(time.time() * 1000))
+
+
+def observed_overwrite(
+    table: str, item_key: str, old: Mapping[str, Any] | None, new: Mapping[str, Any], *, region: str,
+    rule: str = "dynamodb-global-tables-lww",
+) -> ConflictRecord | None:
+    """A conflict seen *after* the store resolved it (a stream MODIFY): the new image is what was kept,
+    whatever the HLC order says, so it is the winner. None when the writer had seen the old version."""
+    if old is None or not old.get("version") or not new.get("version") or not concurrent(old, new):
+        return None
+    return ConflictRecord(table, item_key, new, old, region, int(time.time() * 1000), rule=rule)

@@ -50,3 +50,20 @@ class TestConfigValidate:
         with pytest.raises(SystemExit) as info:
             main(["--version"])
         assert info.value.code == 0 and "meridian 0.1.0" in capsys.readouterr().out
+
+
+class TestEvacuateDryRun:
+    def test_dry_run_without_credentials(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+        """Without AWS access, --dry-run shows the change against the configured dials and changes nothing."""
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        assert main(["evacuate", "eu-west-1", "--config", str(ROOT / "Pulumi.prod.yaml"), "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "eu-west-1: traffic dial 100 -> 0" in out and "dry run: nothing changed" in out
+
+    def test_unknown_region(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["evacuate", "mars-1", "--config", str(ROOT / "Pulumi.prod.yaml"), "--dry-run"]) == 2
+        assert "not a region of stack prod" in capsys.readouterr().err

@@ -163,6 +163,23 @@ class TestLocalRun:
         conflicts = [i for i in run.items("meridian-e2e-eu-conflicts", "eu-west-1") if i["item_key"]["S"] == f"users#{user}"]
         assert len(conflicts) == 1
 
+    def test_evacuate_and_restore_local(self, run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`meridian evacuate --local` sets the edge's dial to 0 (eu clients go elsewhere); evacuating the other
+        eu region then is refused (the zone would be unserved); restore brings the dial back."""
+        stack = tmp_path / "Pulumi.e2e.yaml"
+        stack.write_text(STACK)
+        base = ["--config", str(stack), "--local", "--yes", "--state-dir", str(run.state_dir)]
+        try:
+            assert main(["evacuate", "eu-west-1", *base]) == 0
+            assert run.status()["regions"]["eu-west-1"]["dial"] == 0
+            r = create(run, "eu-west-1", "eu")
+            assert r.headers["X-Meridian-Edge-Target"] == "eu-central-1"
+            assert main(["evacuate", "eu-central-1", *base]) == 1
+            assert "'eu' would have no serving region" in capsys.readouterr().out
+        finally:
+            assert main(["restore", "eu-west-1", *base]) == 0
+        assert run.status()["regions"]["eu-west-1"]["dial"] == 100
+
     def test_second_up_refused_and_bad_region(self, run: Run, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["up", "--local", "--config", "Pulumi.dev.yaml", "--state-dir", str(run.state_dir)]) == 2
         assert "already up" in capsys.readouterr().err
