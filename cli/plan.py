@@ -8,9 +8,9 @@ import warnings
 from collections import Counter, defaultdict
 
 from meridian_cli.commands import REGISTRY
+from meridian_cli.main import add_stack_options, console, resolve_topology
 
 GLOBAL_SERVICES = ("aws:route53/", "aws:globalaccelerator/")
-from meridian_cli.main import add_stack_options, console, resolve_topology
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

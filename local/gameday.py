@@ -311,7 +311,7 @@ class Checks:
             for region in self.tables[directory]:
                 if not any(i["user_id"] == user for i in replicas[(directory, region)]):
                     lost.append(f"directory {user} in {region}")
-        for order, (user, zone) in self.ledger.orders.items():
+        for order, (_user, zone) in self.ledger.orders.items():
             table = self.table_of("orders", zone)
             for region in self.tables[table]:
                 if not any(i["order_id"] == order for i in replicas[(table, region)]):

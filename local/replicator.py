@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,6 @@ from meridian.conflicts import conflict_between
 from meridian.store import from_item, to_item
 from meridian.topology import Topology
 from meridian_local.applier import NO_RETRIES, Applied
-
 
 #: Tables whose items are updated after creation: LWW with a conditional put, one item at a time.
 MUTABLE = {"users", "counters", "conflicts"}

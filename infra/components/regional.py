@@ -460,7 +460,6 @@ class Region(pulumi.ComponentResource):
     def _alarms(self, alb: aws.lb.LoadBalancer, target_group: aws.lb.TargetGroup, evacuator: aws.lambda_.Function) -> None:
         args, name = self._args, self._name
         topology, region = args.topology, args.region
-        routing = topology.routing
         lb_dims = {"LoadBalancer": alb.arn_suffix}
         five_xx = aws.cloudwatch.MetricAlarm(
             f"{name}-alb-5xx-rate",

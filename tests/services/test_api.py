@@ -10,12 +10,13 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from meridian.api.app import Service, create_app
+from meridian.hlc import Timestamp
 from meridian.peers import sign_request
 from meridian.sessions import SessionToken, sign
-from meridian.hlc import Timestamp
 from meridian.settings import Settings
 from meridian.store import ResidencyViolation, Store
 from meridian.topology import Topology, load_topology
@@ -26,22 +27,21 @@ KEYS = {"session": b"s" * 32, "peer": b"p" * 32}
 
 def create_tables(topology: Topology, region: str) -> None:
     client = boto3.client("dynamodb", region_name=region)
-    for zone, tables in topology.tables_in_region(region).items():
+    for tables in topology.tables_in_region(region).values():
         for logical, physical in tables.items():
             spec = topology.table(logical)
             keys = [{"AttributeName": spec.hash_key.name, "KeyType": "HASH"}]
             if spec.range_key:
                 keys.append({"AttributeName": spec.range_key.name, "KeyType": "RANGE"})
-            client.create_table(
-                TableName=physical, KeySchema=keys, BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in spec.key_attributes()],
-                GlobalSecondaryIndexes=[
+            extra: dict[str, Any] = {}
+            if spec.indexes:
+                extra["GlobalSecondaryIndexes"] = [
                     {"IndexName": i.name, "KeySchema": [{"AttributeName": i.hash_key.name, "KeyType": "HASH"}],
                      "Projection": {"ProjectionType": "ALL"}} for i in spec.indexes
-                ] or [],
-            ) if spec.indexes else client.create_table(
+                ]
+            client.create_table(
                 TableName=physical, KeySchema=keys, BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in spec.key_attributes()],
+                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in spec.key_attributes()], **extra,
             )
 
 
@@ -110,7 +110,7 @@ class TestUsers:
         assert u["home_region"] == "eu-west-1" and u["executed"] == "eu-west-1"
         us = boto3.client("dynamodb", region_name="us-east-1")
         assert us.scan(TableName="meridian-api-global-users")["Items"] == []
-        with pytest.raises(Exception):
+        with pytest.raises(ClientError, match="ResourceNotFound"):
             us.describe_table(TableName="meridian-api-eu-users")
 
     def test_read_in_other_zone_region_forwards_to_home(self, cluster: Cluster) -> None:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meridian.conflicts import conflict_between, concurrent, merge
+from meridian.conflicts import concurrent, conflict_between, merge
 from meridian.health import HealthView
 from meridian.hlc import HLC, ClockDriftError, Timestamp, Version
 from meridian.ids import IdError, new_id, parse_id
