@@ -9,6 +9,7 @@ all read this one record.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import threading
@@ -213,6 +214,11 @@ def render(topology: Topology, define: Callable[[Topology], dict[str, Any]] | No
     if define is None:
         from meridian_infra.program import define_stack as define
 
+    # Pulumi's runtime uses the thread's current event loop; asyncio.run() elsewhere may have unset it.
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project=topology.project, stack=topology.stack, preview=False)
     plan = Plan(topology=topology)

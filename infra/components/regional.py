@@ -334,39 +334,23 @@ class Region(pulumi.ComponentResource):
             max_capacity=sizing.max_count,
             opts=self._child,
         )
-        aws.appautoscaling.Policy(
-            f"{name}-scale-cpu",
-            policy_type="TargetTrackingScaling",
-            service_namespace=target.service_namespace,
-            scalable_dimension=target.scalable_dimension,
-            resource_id=target.resource_id,
-            target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
-                target_value=60,
-                predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
-                    predefined_metric_type="ECSServiceAverageCPUUtilization"
+        Spec = aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs
+        for suffix, target_value, metric in (
+            ("cpu", 60, Spec(predefined_metric_type="ECSServiceAverageCPUUtilization")),
+            ("requests", 1000, Spec(predefined_metric_type="ALBRequestCountPerTarget",
+                                    resource_label=pulumi.Output.concat(alb.arn_suffix, "/", target_group.arn_suffix))),
+        ):
+            aws.appautoscaling.Policy(
+                f"{name}-scale-{suffix}",
+                policy_type="TargetTrackingScaling",
+                service_namespace=target.service_namespace,
+                scalable_dimension=target.scalable_dimension,
+                resource_id=target.resource_id,
+                target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
+                    target_value=target_value, predefined_metric_specification=metric, scale_in_cooldown=120, scale_out_cooldown=30,
                 ),
-                scale_in_cooldown=120,
-                scale_out_cooldown=30,
-            ),
-            opts=self._child,
-        )
-        aws.appautoscaling.Policy(
-            f"{name}-scale-requests",
-            policy_type="TargetTrackingScaling",
-            service_namespace=target.service_namespace,
-            scalable_dimension=target.scalable_dimension,
-            resource_id=target.resource_id,
-            target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
-                target_value=1000,
-                predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
-                    predefined_metric_type="ALBRequestCountPerTarget",
-                    resource_label=pulumi.Output.concat(alb.arn_suffix, "/", target_group.arn_suffix),
-                ),
-                scale_in_cooldown=120,
-                scale_out_cooldown=30,
-            ),
-            opts=self._child,
-        )
+                opts=self._child,
+            )
 
     # -- Lambdas --------------------------------------------------------------------------------------
     def _lambdas(self) -> dict[str, aws.lambda_.Function]:

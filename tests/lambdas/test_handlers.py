@@ -16,7 +16,7 @@ from moto import mock_aws
 
 from meridian.evacuation import Dials, plan_evacuation, should_restore
 from meridian.hlc import Timestamp, Version
-from meridian.topology import Topology, load_topology
+from meridian.topology import load_topology
 from meridian_lambdas import runtime
 
 TOPOLOGY = load_topology({"regions": ["us-east-1", "eu-west-1", "eu-central-1"], "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}},
@@ -47,24 +47,12 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     runtime.client.cache_clear()
 
 
-def make_tables(topology: Topology, region: str) -> None:
-    client = boto3.client("dynamodb", region_name=region)
-    for tables in topology.tables_in_region(region).values():
-        for logical, physical in tables.items():
-            spec = topology.table(logical)
-            keys = [{"AttributeName": spec.hash_key.name, "KeyType": "HASH"}]
-            if spec.range_key:
-                keys.append({"AttributeName": spec.range_key.name, "KeyType": "RANGE"})
-            client.create_table(TableName=physical, KeySchema=keys, BillingMode="PAY_PER_REQUEST",
-                                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in (spec.hash_key, spec.range_key) if a])
-
-
 def v(wall: int, region: str) -> str:
     return Version(Timestamp(wall), region).encode()
 
 
 class TestReplicationCanary:
-    def test_heartbeats_and_emf(self, env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    def test_heartbeats_and_emf(self, env: None, make_tables: Any, capsys: pytest.CaptureFixture[str]) -> None:
         """eu-west-1 writes a heartbeat in each of its tables and reads eu-central-1's; metrics go out as EMF."""
         from meridian_lambdas.replication_canary import handler
 
@@ -103,7 +91,7 @@ def stream_event(table: str, old: dict[str, Any], new: dict[str, Any], seq: str 
 
 
 class TestConflictAuditor:
-    def test_concurrent_overwrite_recorded_once(self, env: None) -> None:
+    def test_concurrent_overwrite_recorded_once(self, env: None, make_tables: Any) -> None:
         """A MODIFY from eu-central-1 replacing a version it had not seen is one conflict, even redelivered."""
         from meridian_lambdas.conflict_auditor import handler
 
@@ -120,7 +108,7 @@ class TestConflictAuditor:
             assert item["winner_version"]["S"] == new["version"] and item["loser_version"]["S"] == old["version"]
             assert item["rule"]["S"] == "dynamodb-global-tables-lww" and item["item_key"]["S"] == "users#u1"
 
-    def test_successor_and_local_writes_are_not_conflicts(self, env: None) -> None:
+    def test_successor_and_local_writes_are_not_conflicts(self, env: None, make_tables: Any) -> None:
         from meridian_lambdas.conflict_auditor import handler
 
         old = {"user_id": "u1", "version": v(100, "eu-west-1"), "origin_region": "eu-west-1"}
@@ -132,7 +120,7 @@ class TestConflictAuditor:
             handler.lambda_handler(stream_event("meridian-fn-eu-users", old, local), FakeContext())
             assert boto3.client("dynamodb", region_name="eu-west-1").scan(TableName="meridian-fn-eu-conflicts")["Items"] == []
 
-    def test_failure_reported_for_retry(self, env: None) -> None:
+    def test_failure_reported_for_retry(self, env: None, make_tables: Any) -> None:
         """Without its conflicts table the record fails and is reported in batchItemFailures."""
         from meridian_lambdas.conflict_auditor import handler
 
@@ -166,7 +154,7 @@ def alarm_event(state: str) -> dict[str, Any]:
 
 
 class TestEvacuator:
-    def test_alarm_sets_dial_to_zero(self, env: None) -> None:
+    def test_alarm_sets_dial_to_zero(self, env: None, make_tables: Any) -> None:
         """The request is checked against the real Global Accelerator model by the Stubber."""
         from meridian_lambdas.evacuator import handler
 
@@ -177,7 +165,7 @@ class TestEvacuator:
         stub.assert_no_pending_responses()
         assert out["allowed"] and out["dial_to"] == 0 and out["action"] == "evacuate"
 
-    def test_last_serving_region_of_a_zone_is_refused(self, env: None) -> None:
+    def test_last_serving_region_of_a_zone_is_refused(self, env: None, make_tables: Any) -> None:
         """eu-central-1 already at 0: evacuating eu-west-1 would leave eu unserved; refused, no update call."""
         from meridian_lambdas.evacuator import handler
 
@@ -186,7 +174,7 @@ class TestEvacuator:
             out = handler.handle(alarm_event("ALARM"), dials=Dials(client, "meridian-fn"))
         assert not out["allowed"] and "'eu'" in out["reason"] and out["dial_to"] == 100
 
-    def test_reconcile_restores_after_cooling(self, env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_reconcile_restores_after_cooling(self, env: None, make_tables: Any, monkeypatch: pytest.MonkeyPatch) -> None:
         from meridian_lambdas.evacuator import handler
 
         monkeypatch.setattr(handler, "_alarm_state", lambda region: ("OK", 1000.0))
@@ -204,14 +192,14 @@ class TestEvacuator:
             late = handler.handle({"action": "reconcile"}, dials=Dials(client, "meridian-fn"), now=1000.0 + 601)
         assert late["action"] == "restore" and late["dial_to"] == 100
 
-    def test_ok_alarm_does_not_restore_at_once(self, env: None) -> None:
+    def test_ok_alarm_does_not_restore_at_once(self, env: None, make_tables: Any) -> None:
         from meridian_lambdas.evacuator import handler
 
         client, stub = ga_stub({})
         out = handler.handle(alarm_event("OK"), dials=Dials(client, "meridian-fn"))
         assert out["action"] == "none" and "cooling" in out["reason"]
 
-    def test_unknown_event(self, env: None) -> None:
+    def test_unknown_event(self, env: None, make_tables: Any) -> None:
         from meridian_lambdas.evacuator import handler
 
         client, _ = ga_stub({})
@@ -243,7 +231,7 @@ class TestRolesMatchCalls:
         prefix = {"dynamodb": "dynamodb", "globalaccelerator": "globalaccelerator", "cloudwatch": "cloudwatch"}[client.meta.service_model.service_name]
         client.meta.events.register("before-call.*.*", lambda model, **_: calls.add(f"{prefix}:{model.name}"))
 
-    def test_canary_and_auditor(self, env: None) -> None:
+    def test_canary_and_auditor(self, env: None, make_tables: Any) -> None:
         from meridian_infra import layout
         from meridian_lambdas.conflict_auditor import handler as auditor
         from meridian_lambdas.replication_canary import handler as canary
@@ -261,7 +249,7 @@ class TestRolesMatchCalls:
             # Reading the stream is Lambda's event source mapping, done with the role's stream actions.
             assert calls == set(layout.AUDITOR_TABLE_ACTIONS)
 
-    def test_evacuator(self, env: None) -> None:
+    def test_evacuator(self, env: None, make_tables: Any) -> None:
         from meridian_infra import layout
         from meridian_lambdas.evacuator import handler
 

@@ -19,36 +19,16 @@ from meridian.peers import sign_request
 from meridian.sessions import SessionToken, sign
 from meridian.settings import Settings
 from meridian.store import ResidencyViolation, Store
-from meridian.topology import Topology, load_topology
+from meridian.topology import load_topology
 
 REGIONS = ["us-east-1", "eu-west-1", "eu-central-1"]
 KEYS = {"session": b"s" * 32, "peer": b"p" * 32}
 
 
-def create_tables(topology: Topology, region: str) -> None:
-    client = boto3.client("dynamodb", region_name=region)
-    for tables in topology.tables_in_region(region).values():
-        for logical, physical in tables.items():
-            spec = topology.table(logical)
-            keys = [{"AttributeName": spec.hash_key.name, "KeyType": "HASH"}]
-            if spec.range_key:
-                keys.append({"AttributeName": spec.range_key.name, "KeyType": "RANGE"})
-            extra: dict[str, Any] = {}
-            if spec.indexes:
-                extra["GlobalSecondaryIndexes"] = [
-                    {"IndexName": i.name, "KeySchema": [{"AttributeName": i.hash_key.name, "KeyType": "HASH"}],
-                     "Projection": {"ProjectionType": "ALL"}} for i in spec.indexes
-                ]
-            client.create_table(
-                TableName=physical, KeySchema=keys, BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[{"AttributeName": a.name, "AttributeType": a.type} for a in spec.key_attributes()], **extra,
-            )
-
-
 class Cluster:
     """Three regional apps; requests between them go through a transport that routes by host."""
 
-    def __init__(self) -> None:
+    def __init__(self, create_tables: Any) -> None:
         self.topology = load_topology({"regions": REGIONS, "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}}, stack="api")
         self.services: dict[str, Service] = {}
         self.apps: dict[str, Any] = {}
@@ -85,11 +65,11 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def cluster(make_tables: Any) -> Iterator[Cluster]:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
-        yield Cluster()
+        yield Cluster(make_tables)
 
 
 def new_user(c: Cluster, region: str, residency: str = "eu") -> dict[str, Any]:

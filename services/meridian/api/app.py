@@ -320,9 +320,21 @@ def create_app(service: Service) -> FastAPI:
     def public_user(item: dict[str, Any]) -> dict[str, Any]:
         return {k: item[k] for k in ("user_id", "email", "name", "zone", "home_region", "version") if k in item}
 
+    async def placement(request: Request, body: bytes, user_id: str, *, kind: Literal["read", "write"], table: str,
+                        token: SessionToken | None, local_version: Any = None) -> tuple[str, bool, Response | None]:
+        """(zone, failover?, forwarded response) for a request about ``user_id``. A signed call from another
+        region executes here as it is; anything else goes through the routing decision."""
+        if await peer_call(request, body):
+            located = service.locate(user_id)
+            if located is None:
+                raise ApiError(404, "not_found", f"no user {user_id!r}")
+            return located[1], request.headers.get(FAILOVER_HEADER) == "1", None
+        decision, zone, forwarded = await route(request, body, user_id, kind=kind, table=table, token=token, local_version=local_version)
+        assert zone is not None or forwarded is not None
+        return zone or "", decision.action == "failover", forwarded
+
     @app.get("/v1/users/{user_id}")
     async def get_user(request: Request, user_id: str, x_meridian_session: str | None = Header(default=None)) -> Response:
-        from_peer = await peer_call(request, b"")
         token = service.token(x_meridian_session)
         cache: dict[str, Any] = {}
 
@@ -330,14 +342,10 @@ def create_app(service: Service) -> FastAPI:
             cache["item"] = service.store.get_user(zone, user_id)
             return Version.decode(cache["item"]["version"]).hlc if cache["item"] else None
 
-        if not from_peer:
-            _, zone, forwarded = await route(request, b"", user_id, kind="read", table="users", token=token, local_version=local_version)
-            if forwarded is not None:
-                return forwarded
-        else:
-            located = service.locate(user_id)
-            zone = located[1] if located else None
-        item = cache.get("item") if "item" in cache else (service.store.get_user(zone, user_id) if zone else None)
+        zone, _, forwarded = await placement(request, b"", user_id, kind="read", table="users", token=token, local_version=local_version)
+        if forwarded is not None:
+            return forwarded
+        item = cache["item"] if "item" in cache else service.store.get_user(zone, user_id)
         if item is None:
             raise ApiError(404, "not_found", f"no user {user_id!r}")
         return JSONResponse(public_user(item))
@@ -345,20 +353,10 @@ def create_app(service: Service) -> FastAPI:
     @app.put("/v1/users/{user_id}")
     async def update_user(request: Request, user_id: str, payload: UserUpdate, x_meridian_session: str | None = Header(default=None)) -> Response:
         body = await request.body()
-        from_peer = await peer_call(request, body)
         token = service.token(x_meridian_session)
-        failover = request.headers.get(FAILOVER_HEADER) == "1"
-        if not from_peer:
-            decision, zone, forwarded = await route(request, body, user_id, kind="write", table="users", token=token)
-            if forwarded is not None:
-                return forwarded
-            failover = decision.action == "failover"
-        else:
-            located = service.locate(user_id)
-            if located is None:
-                raise ApiError(404, "not_found", f"no user {user_id!r}")
-            zone = located[1]
-        assert zone is not None
+        zone, failover, forwarded = await placement(request, body, user_id, kind="write", table="users", token=token)
+        if forwarded is not None:
+            return forwarded
         try:
             item, hlc = await asyncio.to_thread(service.store.update_user, zone, user_id, payload.model_dump(), failover=failover)
         except KeyError:
@@ -366,6 +364,8 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(public_user(item), headers={SESSION_HEADER: service.issue(token, scope=user_id, table="users", hlc=hlc)})
 
     # -- orders ---------------------------------------------------------------------------------------------
+    ORDER_FIELDS = ("order_id", "user_id", "item", "qty", "idempotency_key", "created_region", "created_at")
+
     @app.post("/v1/users/{user_id}/orders", status_code=201)
     async def create_order(request: Request, user_id: str, payload: NewOrder,
                            idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
@@ -373,32 +373,22 @@ def create_app(service: Service) -> FastAPI:
         if not idempotency_key or len(idempotency_key) > 128:
             raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header (1-128 characters) with every order")
         body = await request.body()
-        from_peer = await peer_call(request, body)
         token = service.token(x_meridian_session)
-        if not from_peer:
-            _, zone, forwarded = await route(request, body, user_id, kind="write", table="orders", token=token)
-            if forwarded is not None:
-                return forwarded
-        else:
-            located = service.locate(user_id)
-            if located is None:
-                raise ApiError(404, "not_found", f"no user {user_id!r}")
-            zone = located[1]
-        assert zone is not None
+        zone, _, forwarded = await placement(request, body, user_id, kind="write", table="orders", token=token)
+        if forwarded is not None:
+            return forwarded
         try:
             order, created, hlc = await asyncio.to_thread(service.store.create_order, zone, user_id, item=payload.item,
                                                           qty=payload.qty, idempotency_key=idempotency_key)
         except IdempotencyMismatch as exc:
             raise ApiError(409, "idempotency_mismatch", str(exc)) from None
-        public = {k: order[k] for k in ("order_id", "user_id", "item", "qty", "idempotency_key", "created_region", "created_at")}
         headers = {SESSION_HEADER: service.issue(token, scope=user_id, table="orders", hlc=hlc)}
         if not created:
             headers["Idempotent-Replayed"] = "true"
-        return JSONResponse(public, status_code=201, headers=headers)
+        return JSONResponse({k: order[k] for k in ORDER_FIELDS}, status_code=201, headers=headers)
 
     @app.get("/v1/users/{user_id}/orders")
     async def list_orders(request: Request, user_id: str, x_meridian_session: str | None = Header(default=None)) -> Response:
-        from_peer = await peer_call(request, b"")
         token = service.token(x_meridian_session)
         cache: dict[str, Any] = {}
 
@@ -407,19 +397,11 @@ def create_app(service: Service) -> FastAPI:
             versions = [Version.decode(o["version"]).hlc for o in cache["orders"]]
             return max(versions) if versions else None
 
-        if not from_peer:
-            _, zone, forwarded = await route(request, b"", user_id, kind="read", table="orders", token=token, local_version=local_version)
-            if forwarded is not None:
-                return forwarded
-        else:
-            located = service.locate(user_id)
-            zone = located[1] if located else None
-        if "orders" not in cache:
-            if zone is None:
-                raise ApiError(404, "not_found", f"no user {user_id!r}")
-            cache["orders"] = service.store.list_orders(zone, user_id)
-        keys = ("order_id", "user_id", "item", "qty", "idempotency_key", "created_region", "created_at")
-        return JSONResponse({"orders": [{k: o[k] for k in keys} for o in cache["orders"]]})
+        zone, _, forwarded = await placement(request, b"", user_id, kind="read", table="orders", token=token, local_version=local_version)
+        if forwarded is not None:
+            return forwarded
+        orders = cache["orders"] if "orders" in cache else service.store.list_orders(zone, user_id)
+        return JSONResponse({"orders": [{k: o[k] for k in ORDER_FIELDS} for o in orders]})
 
     # -- counters (every region increments its own shard: no forwarding) ---------------------------------
     @app.post("/v1/counters/{name}/increment")
