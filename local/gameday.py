@@ -81,7 +81,8 @@ class GameDay:
         self.http = httpx.AsyncClient(base_url=self.edge, timeout=10.0, limits=httpx.Limits(max_connections=64))
         self.stop = asyncio.Event()
         self.sessions: dict[str, str] = {}
-        self.place_users: dict[str, list[str]] = defaultdict(list)
+        #: Each client (worker) owns its users and their sessions: read-your-writes is a per-session promise.
+        self.worker_users: dict[int, list[str]] = defaultdict(list)
 
     # -- one request, with the client's single retry --------------------------------------------------
     async def request(self, place: str, op: str, method: str, path: str, *, json_body: Any = None,
@@ -108,7 +109,7 @@ class GameDay:
         return own[0] if own and self.rng.random() < 0.8 else max(self.zones, key=lambda z: len(self.zones[z]))
 
     # -- steady load ------------------------------------------------------------------------------------
-    async def create_user(self, place: str) -> str | None:
+    async def create_user(self, place: str, owner: int = -1) -> str | None:
         zone = self.zone_for(place)
         resp = await self.request(place, "create", "POST", "/v1/users",
                                   json_body={"email": f"u{self.rng.randrange(10**9)}@example.com", "name": "gameday", "residency": zone})
@@ -117,16 +118,16 @@ class GameDay:
         user = resp.json()["user_id"]
         self.ledger.users[user] = {"zone": zone, "versions": [], "place": place}
         self.sessions[user] = resp.headers["X-Meridian-Session"]
-        self.place_users[place].append(user)
+        self.worker_users[owner].append(user)
         return str(user)
 
-    async def worker(self, place: str) -> None:
+    async def worker(self, place: str, me: int) -> None:
         while not self.stop.is_set():
             await asyncio.sleep(self.think)  # steady, not saturating: 2 cores host every region here
-            users = self.place_users[place]
+            users = self.worker_users[me]
             roll = self.rng.random()
             if not users or roll < 0.1:
-                await self.create_user(place)
+                await self.create_user(place, me)
                 continue
             user = self.rng.choice(users)
             session = {"X-Meridian-Session": self.sessions[user]}
@@ -233,7 +234,7 @@ class GameDay:
         started = time.time()
         self.mark("start")
         places = self.regions
-        tasks = [asyncio.create_task(self.worker(places[i % len(places)])) for i in range(self.workers)]
+        tasks = [asyncio.create_task(self.worker(places[i % len(places)], i)) for i in range(self.workers)]
         await asyncio.sleep(self.phase_seconds)
         for scenario in self.scenarios:
             if scenario == "region-loss":
@@ -352,7 +353,7 @@ class Checks:
         acked_versions = {v for info in self.ledger.users.values() for v in info["versions"]}
         conflict_users = {str(i["item_key"]).split("#", 1)[1] for i in recorded.values()}
         missing = sorted(self.ledger.injected - conflict_users)
-        unexplained = [cid for cid, i in recorded.items()
+        unexplained = [f"{i['item_key']}: {i['winner_version']} over {i['loser_version']}" for cid, i in recorded.items()
                        if not ({i["winner_version"], i["loser_version"]} & acked_versions)
                        or Version.decode(i["winner_version"]).region == Version.decode(i["loser_version"]).region]
         return {

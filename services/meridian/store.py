@@ -224,15 +224,25 @@ class Store:
 
     # -- counters (per-region shards: a G-counter that global tables cannot break) ------------------------
     def increment(self, name: str, by: int) -> Timestamp:
+        """ADD to this region's shard. The version only moves forward (condition), so replicas apply the
+        shard's updates in order; ``base`` is the version replaced, so each is a successor, not a conflict."""
         table = self.table(self.topology.global_zone.name, "counters")
-        hlc, version, _ = self._stamp(None)
-        self._call("update_item", TableName=table, Key=to_item({"name": name, "shard": self.region}),
-                   # base = the shard's previous version: replicas see each increment as a successor, not a conflict
-                   UpdateExpression="ADD #v :by SET #base = if_not_exists(#ver, :none), #ver = :ver, origin_region = :r",
-                   ExpressionAttributeNames={"#v": "value", "#base": "base", "#ver": "version"},
-                   ExpressionAttributeValues={":by": _ser.serialize(by), ":ver": _ser.serialize(version), ":r": _ser.serialize(self.region),
-                                              ":none": _ser.serialize("")})
-        return hlc
+        key = to_item({"name": name, "shard": self.region})
+        for _ in range(5):
+            hlc, version, _ = self._stamp(None)
+            try:
+                self._call("update_item", TableName=table, Key=key,
+                           UpdateExpression="ADD #v :by SET #base = if_not_exists(#ver, :none), #ver = :ver, origin_region = :r",
+                           ConditionExpression="attribute_not_exists(#ver) OR #ver < :ver",
+                           ExpressionAttributeNames={"#v": "value", "#base": "base", "#ver": "version"},
+                           ExpressionAttributeValues={":by": _ser.serialize(by), ":ver": _ser.serialize(version),
+                                                      ":r": _ser.serialize(self.region), ":none": _ser.serialize("")})
+                return hlc
+            except ClientError:
+                # A concurrent increment here stamped a later version first: adopt it and try again.
+                current = self._call("get_item", TableName=table, Key=key, ConsistentRead=True).get("Item")
+                self.observe(str(from_item(current)["version"]) if current else None)
+        raise StoreError(f"counter {name} is contended; retry")
 
     def counter(self, name: str) -> dict[str, Any]:
         table = self.table(self.topology.global_zone.name, "counters")

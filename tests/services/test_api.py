@@ -251,3 +251,20 @@ class TestReadYourWritesUnderFailure:
         assert r.status_code == 503 and r.json()["error"] == "session_unavailable"
         # Without the session's token, the local replica answers.
         assert cluster.call("eu-central-1", "GET", f"/v1/users/{u['user_id']}").status_code == 200
+
+
+class TestCounterVersions:
+    def test_shard_version_only_moves_forward(self, cluster: Cluster) -> None:
+        """An increment stamped earlier than the shard's version is re-stamped, never applied backwards."""
+        store = cluster.services["eu-west-1"].store
+        store.increment("c", 1)
+        table = "meridian-api-global-counters"
+        client = boto3.client("dynamodb", region_name="eu-west-1")
+        key = {"name": {"S": "c"}, "shard": {"S": "eu-west-1"}}
+        import time
+
+        ahead = f"{int(time.time() * 1000) + 5000:013d}.000000@eu-west-1"  # another request stamped later, landed first
+        client.update_item(TableName=table, Key=key, UpdateExpression="SET version = :v", ExpressionAttributeValues={":v": {"S": ahead}})
+        store.increment("c", 2)
+        item = client.get_item(TableName=table, Key=key)["Item"]
+        assert item["value"]["N"] == "3" and item["version"]["S"] > ahead and item["base"]["S"] == ahead
