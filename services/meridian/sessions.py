@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from meridian.hlc import Timestamp
+from meridian.hlc import Timestamp, Version
 
 __all__ = ["SessionToken", "TokenError", "sign", "verify"]
 
@@ -31,19 +31,21 @@ class SessionToken:
     region: str
     hlc: Timestamp
     scope: str
-    tables: dict[str, str] = field(default_factory=dict)  # table -> encoded HLC watermark
+    tables: dict[str, str] = field(default_factory=dict)  # table -> last version written there (hlc@region)
     expires_at: int = 0
 
-    def watermark(self, table: str) -> Timestamp | None:
+    def watermark(self, table: str) -> Version | None:
+        """The last version this session wrote in ``table``: its HLC and the region that executed it."""
         value = self.tables.get(table)
-        return Timestamp.decode(value) if value else None
+        return Version.decode(value) if value else None
 
     def after_write(self, *, region: str, hlc: Timestamp, scope: str, table: str) -> SessionToken:
         """The token after one more write; watermarks of the same scope are kept."""
+        mark = Version(hlc, region)
         if scope != self.scope:
-            return SessionToken(region=region, hlc=hlc, scope=scope, tables={table: hlc.encode()})
+            return SessionToken(region=region, hlc=hlc, scope=scope, tables={table: mark.encode()})
         previous = self.watermark(table)
-        tables = {**self.tables, table: max(hlc, previous or hlc).encode()}
+        tables = {**self.tables, table: max(mark, previous or mark).encode()}
         return SessionToken(region=region, hlc=max(hlc, self.hlc), scope=scope, tables=tables)
 
 
@@ -87,8 +89,11 @@ def verify(text: str, key: bytes, *, now: float | None = None) -> SessionToken:
 
 
 def satisfied(token: SessionToken | None, *, here: str, scope: str, table: str, local: Timestamp | None) -> bool:
-    """True when a read of ``table`` for ``scope`` here already sees the session's writes."""
-    if token is None or token.scope != scope or token.region == here:
+    """True when a read of ``table`` for ``scope`` here already sees the session's last write to it.
+
+    Compared by version, never by "the token came from here": the session's last write *anywhere* may
+    be to another table, while its write to this table happened in another region."""
+    if token is None or token.scope != scope:
         return True
     mark = token.watermark(table)
-    return mark is None or (local is not None and local >= mark)
+    return mark is None or (local is not None and local >= mark.hlc)

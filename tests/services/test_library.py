@@ -185,10 +185,19 @@ class TestSessions:
     def test_round_trip_and_watermarks(self) -> None:
         t = SessionToken(region="eu-west-1", hlc=Timestamp(5), scope="u1").after_write(region="eu-west-1", hlc=Timestamp(7), scope="u1", table="users")
         back = verify(sign(t, self.KEY), self.KEY)
-        assert back.watermark("users") == Timestamp(7) and back.region == "eu-west-1"
+        assert back.watermark("users") == Version(Timestamp(7), "eu-west-1") and back.region == "eu-west-1"
         assert satisfied(back, here="eu-central-1", scope="u1", table="users", local=Timestamp(7))
         assert not satisfied(back, here="eu-central-1", scope="u1", table="users", local=Timestamp(6))
         assert satisfied(back, here="eu-central-1", scope="u2", table="users", local=None), "other scope: no constraint"
+
+    def test_last_write_elsewhere_does_not_excuse_a_stale_table(self) -> None:
+        """Users written in eu-west-1, then an order in eu-central-1: eu-central-1 still needs the users write."""
+        t = SessionToken(region="eu-west-1", hlc=Timestamp(5), scope="u1")
+        t = t.after_write(region="eu-west-1", hlc=Timestamp(7), scope="u1", table="users")
+        t = t.after_write(region="eu-central-1", hlc=Timestamp(9), scope="u1", table="orders")
+        assert t.region == "eu-central-1" and t.watermark("users") == Version(Timestamp(7), "eu-west-1")
+        assert not satisfied(t, here="eu-central-1", scope="u1", table="users", local=Timestamp(6))
+        assert satisfied(t, here="eu-central-1", scope="u1", table="orders", local=Timestamp(9))
 
     def test_forged_expired_malformed(self) -> None:
         t = SessionToken(region="eu-west-1", hlc=Timestamp(5), scope="u1")

@@ -263,10 +263,11 @@ def create_app(service: Service) -> FastAPI:
         ok = True
         if kind == "read" and region in zone_regions:
             ok = satisfied(token, here=region, scope=user_id, table=table, local=local_version(zone) if local_version else None)
-        elif kind == "read" and token is not None and token.scope == user_id and token.region != home:
-            ok = False  # read from outside the zone: go where the session last wrote, not to a stale home
+        elif kind == "read" and token is not None and token.scope == user_id and (m := token.watermark(table)) and m.region != home:
+            ok = False  # read from outside the zone: go where the session wrote this table, not to a stale home
+        mark = token.watermark(table) if token is not None and token.scope == user_id else None
         decision = decide(kind=kind, here=region, home=home, zone_regions=zone_regions, healthy=service.healthy(),
-                          token_region=token.region if token else None, token_satisfied=ok)
+                          token_region=mark.region if mark else None, token_satisfied=ok)
         if decision.action in ("forward", "failover") and decision.region != region:
             try:
                 return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
