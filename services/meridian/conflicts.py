@@ -36,8 +36,13 @@ def merge(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> Map
 
 
 def concurrent(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Neither write saw the other: neither is the other's base, and they are distinct versions."""
+    """Neither write saw the other: distinct versions from different regions, neither the other's base.
+
+    Two versions written in the same region are never concurrent: that region's replica serialized
+    them, so the later one replaced the earlier even if a replica elsewhere received them out of order."""
     if a.get("version") == b.get("version"):
+        return False
+    if _version(a).region == _version(b).region:
         return False
     return a.get("base") != b.get("version") and b.get("base") != a.get("version")
 

@@ -126,6 +126,8 @@ class TestLww:
         again = conflict_between("users", "u1", old, blind, region="eu-central-1")
         assert again is not None and again.conflict_id == record.conflict_id, "the same conflict has one id"
         assert not concurrent(old, old)
+        later_same_region = item(3, "eu-west-1", base=item(2, "eu-west-1")["version"])
+        assert not concurrent(old, later_same_region), "one region's replica serializes its own writes"
 
 
 class TestRouting:
