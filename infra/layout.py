@@ -22,7 +22,6 @@ HEALTH_CHECKER_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 
 #: The DynamoDB actions the service issues (see meridian.store); the task role allows these and no more.
 SERVICE_TABLE_ACTIONS = (
-    "dynamodb:ConditionCheckItem",
     "dynamodb:DescribeTable",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
@@ -178,14 +177,3 @@ def evacuator_policy(*, partition: str, account: str) -> dict[str, Any]:
 def logs_policy(partition: str, region: str, account: str, log_group: str) -> dict[str, Any]:
     arn = f"arn:{partition}:logs:{region}:{account}:log-group:{log_group}"
     return policy(allow("WriteOwnLogGroup", ("logs:CreateLogStream", "logs:PutLogEvents"), [arn, f"{arn}:*"]))
-
-
-def region_of_arn(arn: str) -> str:
-    parts = arn.split(":")
-    return parts[3] if len(parts) > 3 else ""
-
-
-def table_of_arn(arn: str) -> str:
-    """``arn:aws:dynamodb:r:a:table/NAME/index/x`` -> NAME."""
-    _, _, rest = arn.partition(":table/")
-    return rest.split("/", 1)[0]

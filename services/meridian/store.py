@@ -27,8 +27,10 @@ from meridian.topology import Topology
 __all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserRecord"]
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-#: The DynamoDB API calls this module makes; the task role's IAM actions (meridian_infra.layout) match.
-CALLS = ("ConditionCheckItem", "DescribeTable", "GetItem", "PutItem", "Query", "UpdateItem")
+#: The DynamoDB API calls this module makes -> the IAM action each needs (a transaction's Puts need
+#: PutItem). The task role (meridian_infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these.
+CALLS = {"DescribeTable": "DescribeTable", "GetItem": "GetItem", "PutItem": "PutItem", "Query": "Query",
+         "TransactWriteItems": "PutItem", "UpdateItem": "UpdateItem"}
 
 _ser, _de = TypeSerializer(), TypeDeserializer()
 

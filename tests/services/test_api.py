@@ -268,3 +268,24 @@ class TestCounterVersions:
         store.increment("c", 2)
         item = client.get_item(TableName=table, Key=key)["Item"]
         assert item["value"]["N"] == "3" and item["version"]["S"] > ahead and item["base"]["S"] == ahead
+
+
+class TestTaskRoleMatchesCalls:
+    def test_calls_made_are_what_the_role_allows(self, cluster: Cluster) -> None:
+        """Every DynamoDB call a full flow makes needs only the task role's actions, and each action is used."""
+        from meridian.store import CALLS
+        from meridian_infra.layout import SERVICE_TABLE_ACTIONS
+
+        seen: set[str] = set()
+        for service in cluster.services.values():
+            service.store.client.meta.events.register("before-call.dynamodb.*", lambda model, **_: seen.add(model.name))
+        u = new_user(cluster, "eu-west-1")
+        path = f"/v1/users/{u['user_id']}"
+        cluster.call("eu-west-1", "PUT", path, json={"name": "n"})
+        cluster.call("eu-west-1", "GET", path)
+        cluster.call("eu-west-1", "POST", f"{path}/orders", json={"item": "x", "qty": 1}, headers={"Idempotency-Key": "k"})
+        cluster.call("eu-west-1", "GET", f"{path}/orders")
+        cluster.call("eu-west-1", "POST", "/v1/counters/c/increment", json={"by": 1})
+        cluster.call("eu-west-1", "GET", "/health/ready")
+        assert seen <= set(CALLS)
+        assert {f"dynamodb:{CALLS[c]}" for c in seen} == set(SERVICE_TABLE_ACTIONS)

@@ -73,7 +73,6 @@ class Service:
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout, transport=transport)
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
-        self.forwarded = 0
 
     # -- sessions ---------------------------------------------------------------------------------------
     def token(self, header: str | None) -> SessionToken | None:
@@ -134,7 +133,6 @@ class Service:
                 last_error = f"{target}: HTTP {resp.status_code}"
                 failover = True
                 continue
-            self.forwarded += 1
             passthrough = {k: v for k, v in resp.headers.items() if k.lower() in (REGION_HEADER.lower(), SESSION_HEADER.lower(), "idempotent-replayed")}
             return Response(content=resp.content, status_code=resp.status_code, headers=passthrough, media_type="application/json")
         raise ApiError(503, "region_unavailable", f"no region of the zone answered ({last_error}); retry later")
