@@ -207,7 +207,8 @@ def cmd_gameday(args: argparse.Namespace) -> int:
         f = metrics["failover"]
         seconds = f"{f['seconds']:.2f} s" if f["seconds"] is not None else "never"
         mark = "[green]PASS[/]" if f["within_target"] else "[red]FAIL[/]"
-        out.print(f"  {mark} failover of {f['region']}: {seconds} (target {f['target_seconds']:.2f} s); "
+        out.print(f"  {mark} failover of {f['region']}: {seconds} (interval x threshold {f['target_seconds']:.2f} s, "
+                  f"allowed {f['allowed_seconds']:.2f} s); "
                   f"retries rescued {f['retries_rescued']}, errors after retry {f['client_errors_in_window']}")
     out.print(f"  {metrics['requests']} requests, {metrics['requests_per_second']:.0f}/s; converged "
               f"{metrics['convergence_seconds'] if metrics['convergence_seconds'] is None else round(metrics['convergence_seconds'], 2)} s after the load stopped")
