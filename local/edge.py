@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -61,6 +62,7 @@ class Edge:
         self.events: list[dict[str, Any]] = []
         self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
         self.control: dict[str, Callable[[Request], Any]] = {}
+        self._aio: aiohttp.ClientSession | None = None
 
     # -- routing ---------------------------------------------------------------------------------------
     def choose(self, client_region: str) -> list[str]:
@@ -112,14 +114,24 @@ class Edge:
         state.requests += 1
         await self.delay(client_region, target)
         try:
-            resp = await self.http.request(request.method, state.url + path, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            session = self._session()
+            async with session.request(request.method, state.url + path, data=body, headers=headers) as resp:
+                content = await resp.read()
+                status, resp_headers = resp.status, resp.headers
+        except (TimeoutError, aiohttp.ClientError) as exc:
             state.errors += 1
             return JSONResponse({"error": "edge_upstream", "message": f"{target} did not answer ({type(exc).__name__})"},
                                 status_code=502, headers={"X-Meridian-Edge-Target": target})
-        out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
+        out = {k: v for k, v in resp_headers.items() if k.lower() not in HOP_HEADERS}
         out["X-Meridian-Edge-Target"] = target
-        return Response(resp.content, status_code=resp.status_code, headers=out)
+        return Response(content, status_code=status, headers=out)
+
+    def _session(self) -> aiohttp.ClientSession:
+        """aiohttp's client: a pooled keep-alive hop costs a fraction of httpx's on the request path."""
+        if self._aio is None:
+            self._aio = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), auto_decompress=False,
+                                              connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30))
+        return self._aio
 
     async def link(self, request: Request) -> Response:
         src, dst, rest = request.path_params["src"], request.path_params["dst"], request.path_params["rest"]
@@ -132,11 +144,12 @@ class Edge:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         path = "/" + rest + (f"?{request.url.query}" if request.url.query else "")
         try:
-            resp = await self.http.request(request.method, self.regions[dst].url + path, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with self._session().request(request.method, self.regions[dst].url + path, data=body, headers=headers) as resp:
+                content, status, resp_headers = await resp.read(), resp.status, resp.headers
+        except (TimeoutError, aiohttp.ClientError) as exc:
             return JSONResponse({"error": "link_down", "message": f"{dst}: {type(exc).__name__}"}, status_code=502)
-        out = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_HEADERS}
-        return Response(resp.content, status_code=resp.status_code, headers=out)
+        out = {k: v for k, v in resp_headers.items() if k.lower() not in HOP_HEADERS}
+        return Response(content, status_code=status, headers=out)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -156,5 +169,7 @@ class Edge:
             yield
             task.cancel()
             await self.http.aclose()
+            if self._aio is not None:
+                await self._aio.close()
 
         return Starlette(routes=routes, lifespan=lifespan)
