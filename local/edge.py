@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,6 @@ class Edge:
         self.failed: set[str] = set()
         self.events: list[dict[str, Any]] = []
         self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
-        self.control: dict[str, Callable[[Request], Any]] = {}
         self._aio: aiohttp.ClientSession | None = None
 
     # -- routing ---------------------------------------------------------------------------------------

@@ -285,7 +285,7 @@ class Replicator:
         record = conflict_between(logical or d.table, key, old, d.image, region=d.target)
         if record is None:
             return
-        conflicts = self.topology.table_name("conflicts", zone if self.topology.table(logical or "").scope == "zone" else self.topology.global_zone.name)
+        conflicts = self.topology.table_name("conflicts", zone)  # zone of the table: the global zone for the directory
         try:
             self.client("dynamodb", d.target).put_item(
                 TableName=conflicts, Item=to_item({**record.to_item(), "origin_region": d.target}),
@@ -312,7 +312,3 @@ class Replicator:
             "pairs": {f"{a}->{b}": {"delivered": s.delivered, "lag_p50_ms": s.lag_p50_ms()} for (a, b), s in sorted(self.stats.items())},
             "errors": list(self.errors)[-5:],
         }
-
-    def idle(self) -> bool:
-        with self._lock:
-            return not self.queue

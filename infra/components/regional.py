@@ -7,7 +7,7 @@ reaches into the children.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,18 @@ class Region(pulumi.ComponentResource):
         self.register_outputs(
             {"alb_arn": alb.arn, "alb_dns_name": alb.dns_name, "alb_zone_id": alb.zone_id, "service_name": service.name}
         )
+
+    # -- IAM -----------------------------------------------------------------------------------------
+    def _account_policy(self, build: Callable[[str, str], dict[str, Any]]) -> pulumi.Output[str]:
+        """A policy document built from this account's partition and id."""
+        return pulumi.Output.all(self._partition, self._account).apply(lambda pa: json.dumps(build(pa[0], pa[1])))
+
+    def _role(self, resource_name: str, principal: str, policies: Mapping[str, pulumi.Input[str]]) -> aws.iam.Role:
+        """A role ``principal`` may assume, with one inline policy per ``resource name -> document``."""
+        role = aws.iam.Role(resource_name, assume_role_policy=json.dumps(layout.assume_role(principal)), opts=self._child)
+        for policy_name, document in policies.items():
+            aws.iam.RolePolicy(policy_name, role=role.id, policy=document, opts=self._child)
+        return role
 
     # -- TLS ------------------------------------------------------------------------------------------
     def _certificate(self) -> aws.acm.CertificateValidation:
@@ -229,38 +241,20 @@ class Region(pulumi.ComponentResource):
             settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
             opts=self._child,
         )
-        execution_role = aws.iam.Role(
-            f"{name}-execution",
-            assume_role_policy=json.dumps(layout.assume_role("ecs-tasks.amazonaws.com")),
-            opts=self._child,
-        )
+        execution_role = self._role(f"{name}-execution", "ecs-tasks.amazonaws.com", {
+            f"{name}-execution-secret": pulumi.Output.from_input(args.secret_arn).apply(
+                lambda arn: json.dumps(layout.policy(layout.allow("ReadSessionSecret", ["secretsmanager:GetSecretValue"], [arn])))
+            ),
+        })
         aws.iam.RolePolicyAttachment(
             f"{name}-execution",
             role=execution_role.name,
             policy_arn=self._partition.apply(lambda p: f"arn:{p}:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"),
             opts=self._child,
         )
-        aws.iam.RolePolicy(
-            f"{name}-execution-secret",
-            role=execution_role.id,
-            policy=pulumi.Output.from_input(args.secret_arn).apply(
-                lambda arn: json.dumps(layout.policy(layout.allow("ReadSessionSecret", ["secretsmanager:GetSecretValue"], [arn])))
-            ),
-            opts=self._child,
-        )
-        task_role = aws.iam.Role(
-            f"{name}-task",
-            assume_role_policy=json.dumps(layout.assume_role("ecs-tasks.amazonaws.com")),
-            opts=self._child,
-        )
-        aws.iam.RolePolicy(
-            f"{name}-task-tables",
-            role=task_role.id,
-            policy=pulumi.Output.all(self._partition, self._account).apply(
-                lambda pa: json.dumps(layout.task_role_policy(topology, region, partition=pa[0], account=pa[1]))
-            ),
-            opts=self._child,
-        )
+        task_role = self._role(f"{name}-task", "ecs-tasks.amazonaws.com", {
+            f"{name}-task-tables": self._account_policy(lambda p, a: layout.task_role_policy(topology, region, partition=p, account=a)),
+        })
         environment = service_environment(topology, region)
         container_definitions = pulumi.Output.all(log_group.name, args.secret_arn).apply(
             lambda v: json.dumps(
@@ -376,24 +370,10 @@ class Region(pulumi.ComponentResource):
             log_group = aws.cloudwatch.LogGroup(
                 f"{name}-{fn}-logs", name=log_name, retention_in_days=topology.sizing.log_retention_days, opts=self._child
             )
-            role = aws.iam.Role(
-                f"{name}-{fn}", assume_role_policy=json.dumps(layout.assume_role("lambda.amazonaws.com")), opts=self._child
-            )
-            build = policies[fn]
-            aws.iam.RolePolicy(
-                f"{name}-{fn}",
-                role=role.id,
-                policy=pulumi.Output.all(self._partition, self._account).apply(lambda pa, b=build: json.dumps(b(pa[0], pa[1]))),
-                opts=self._child,
-            )
-            aws.iam.RolePolicy(
-                f"{name}-{fn}-logs",
-                role=role.id,
-                policy=pulumi.Output.all(self._partition, self._account).apply(
-                    lambda pa, ln=log_name: json.dumps(layout.logs_policy(pa[0], region, pa[1], ln))
-                ),
-                opts=self._child,
-            )
+            role = self._role(f"{name}-{fn}", "lambda.amazonaws.com", {
+                f"{name}-{fn}": self._account_policy(policies[fn]),
+                f"{name}-{fn}-logs": self._account_policy(lambda p, a, ln=log_name: layout.logs_policy(p, region, a, ln)),
+            })
             functions[fn] = aws.lambda_.Function(
                 f"{name}-{fn}",
                 name=fn_name,
