@@ -14,8 +14,8 @@ import warnings
 from meridian.topology import load_topology
 
 warnings.simplefilter("ignore", DeprecationWarning)
-from meridian_infra.render import render  # noqa: E402
-from meridian_policy.rules import Res, check  # noqa: E402
+from infra.render import render  # noqa: E402
+from policy.rules import Res, check  # noqa: E402
 
 SIZES = {
     2: ["us-east-1", "eu-west-1"],

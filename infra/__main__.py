@@ -2,8 +2,8 @@
 
 import pulumi
 
+from infra.program import define_stack
 from meridian.topology import CONFIG_KEYS, CONFIG_NAMESPACE, TopologyError, load_topology
-from meridian_infra.program import define_stack
 
 config = pulumi.Config(CONFIG_NAMESPACE)
 values = {key: config.get_object(key) for key in CONFIG_KEYS}

@@ -11,11 +11,11 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra import layout
+from infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
+from infra.components.regional import Region, RegionArgs
+from infra.components.tables import GlobalTables, GlobalTablesArgs
 from meridian.topology import Topology
-from meridian_infra import layout
-from meridian_infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
-from meridian_infra.components.regional import Region, RegionArgs
-from meridian_infra.components.tables import GlobalTables, GlobalTablesArgs
 
 
 def make_providers(topology: Topology) -> dict[str, aws.Provider]:

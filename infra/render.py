@@ -113,7 +113,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws", "id": "aws"}, []
         if token == "aws:secretsmanager/getRandomPassword:getRandomPassword":
             return {"randomPassword": secrets.token_urlsafe(48)[:64], "id": "random"}, []
-        raise NotImplementedError(f"the plan mocks do not answer invoke {token}; add it to meridian_infra.render")
+        raise NotImplementedError(f"the plan mocks do not answer invoke {token}; add it to infra.render")
 
 
 def computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> tuple[str, dict[str, Any]]:
@@ -212,7 +212,7 @@ def computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> tuple[
 def render(topology: Topology, define: Callable[[Topology], dict[str, Any]] | None = None) -> Plan:
     """Run the program for ``topology`` under mocks and return every resource and the stack outputs."""
     if define is None:
-        from meridian_infra.program import define_stack as define
+        from infra.program import define_stack as define
 
     # Pulumi's runtime uses the thread's current event loop; asyncio.run() elsewhere may have unset it.
     try:

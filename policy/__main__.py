@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pulumi_policy import EnforcementLevel, PolicyPack, ReportViolation, StackValidationArgs, StackValidationPolicy
 
-from meridian_policy.rules import RULES, Res, Rule
+from policy.rules import RULES, Res, Rule
 
 
 def _res(resource) -> Res:  # type: ignore[no-untyped-def]

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from infra.layout import HEALTH_CHECKER_REGIONS
 from meridian.topology import Topology
-from meridian_infra.layout import HEALTH_CHECKER_REGIONS
 
 HEALTH_PATH = "/health/ready"
 

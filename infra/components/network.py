@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from meridian_infra.layout import subnet_layout
+from infra.layout import subnet_layout
 
 INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "secretsmanager")
 GATEWAY_ENDPOINTS = ("dynamodb", "s3")

@@ -15,9 +15,9 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from infra import layout
+from infra.components.network import Network, NetworkArgs
 from meridian.topology import Topology
-from meridian_infra import layout
-from meridian_infra.components.network import Network, NetworkArgs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HEALTH_PATH = "/health/ready"
@@ -25,9 +25,9 @@ LAMBDA_RUNTIME = "python3.12"
 
 #: Lambda function -> (handler, schedule or None). The code lives in lambdas/ and uses the library.
 LAMBDAS = {
-    "replication-canary": "meridian_lambdas.replication_canary.handler.lambda_handler",
-    "conflict-auditor": "meridian_lambdas.conflict_auditor.handler.lambda_handler",
-    "evacuator": "meridian_lambdas.evacuator.handler.lambda_handler",
+    "replication-canary": "lambdas.replication_canary.handler.lambda_handler",
+    "conflict-auditor": "lambdas.conflict_auditor.handler.lambda_handler",
+    "evacuator": "lambdas.evacuator.handler.lambda_handler",
 }
 
 
@@ -353,7 +353,7 @@ class Region(pulumi.ComponentResource):
         code = pulumi.AssetArchive(
             {
                 "meridian": pulumi.FileArchive(str(REPO_ROOT / "services" / "meridian")),
-                "meridian_lambdas": pulumi.FileArchive(str(REPO_ROOT / "lambdas")),
+                "lambdas": pulumi.FileArchive(str(REPO_ROOT / "lambdas")),
             }
         )
         layer = f"arn:aws:lambda:{region}:{layout.POWERTOOLS_LAYER_ACCOUNT}:layer:AWSLambdaPowertoolsPythonV3-python312-x86_64:{layout.POWERTOOLS_LAYER_VERSION}"

@@ -8,9 +8,9 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from lambdas import runtime
 from meridian.conflicts import observed_overwrite
 from meridian.store import Store, from_item
-from meridian_lambdas import runtime
 
 
 def _table_of(arn: str) -> str:

@@ -15,8 +15,8 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from lambdas import runtime
 from meridian.evacuation import ACCELERATOR_API_REGION, Dials, evacuate, restore, should_restore
-from meridian_lambdas import runtime
 
 COOLING_SECONDS = float(os.environ.get("MERIDIAN_EVACUATION_COOLING_SECONDS", "600"))
 

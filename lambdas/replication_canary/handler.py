@@ -6,8 +6,8 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
+from lambdas import runtime
 from meridian.canary import beat
-from meridian_lambdas import runtime
 
 #: Last heartbeat write time seen per (table, source), kept while the container lives.
 SEEN: dict[tuple[str, str], int] = {}

@@ -28,7 +28,7 @@ __all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 3600
 #: The DynamoDB API calls this module makes -> the IAM action each needs (a transaction's Puts need
-#: PutItem). The task role (meridian_infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these.
+#: PutItem). The task role (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these.
 CALLS = {"DescribeTable": "DescribeTable", "GetItem": "GetItem", "PutItem": "PutItem", "Query": "Query",
          "TransactWriteItems": "PutItem", "UpdateItem": "UpdateItem"}
 

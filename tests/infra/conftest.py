@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.render import Plan, render
 from meridian.topology import Topology, load_stack_file
-from meridian_infra.render import Plan, render
 
 ROOT = Path(__file__).resolve().parents[2]
 

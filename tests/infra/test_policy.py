@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from infra.components import tables as tables_module
+from infra.render import Plan, render
 from meridian.topology import Topology
-from meridian_infra.components import tables as tables_module
-from meridian_infra.render import Plan, render
-from meridian_policy.rules import RULES, Res, check
+from policy.rules import RULES, Res, check
 
 
 def rules_hit(resources: list[Res], regions: list[str] | None = None) -> set[str]:

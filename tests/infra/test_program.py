@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from infra import layout
+from infra.render import Plan, PlannedResource, render
 from meridian.topology import Topology, load_topology
-from meridian_infra import layout
-from meridian_infra.render import Plan, PlannedResource, render
-from meridian_policy.rules import Res, check
+from policy.rules import Res, check
 
 PER_REGION = {
     "aws:ec2/vpc:Vpc": 1,
@@ -266,7 +266,7 @@ class TestLambdas:
     def test_handlers_schedule_and_stream_mappings(self, prod_plan: Plan, prod: Topology) -> None:
         for region in prod.regions:
             fns = {r.inputs["name"]: r for r in prod_plan.in_region(region) if r.type == "aws:lambda/function:Function"}
-            assert fns["meridian-prod-replication-canary"].inputs["handler"] == "meridian_lambdas.replication_canary.handler.lambda_handler"
+            assert fns["meridian-prod-replication-canary"].inputs["handler"] == "lambdas.replication_canary.handler.lambda_handler"
             rule = [r for r in prod_plan.in_region(region) if r.type == "aws:cloudwatch/eventRule:EventRule"]
             assert rule[0].inputs["scheduleExpression"] == "rate(1 minute)"
             mappings = [r for r in prod_plan.in_region(region) if r.type == "aws:lambda/eventSourceMapping:EventSourceMapping"]
@@ -289,9 +289,9 @@ class TestComponentOutputs:
     @pulumi.runtime.test
     def test_region_outputs_resolve(self) -> pulumi.Output[None]:
         """The Region component's outputs (read by the edge) resolve to the ALB's values, asserted in apply."""
-        from meridian_infra.components.regional import Region, RegionArgs
-        from meridian_infra.program import make_providers
-        from meridian_infra.render import RecordingMocks
+        from infra.components.regional import Region, RegionArgs
+        from infra.program import make_providers
+        from infra.render import RecordingMocks
 
         topology = load_topology({"regions": ["us-east-1", "eu-west-1"]}, stack="unit")
         pulumi.runtime.set_mocks(RecordingMocks(), project="meridian", stack="unit", preview=False)

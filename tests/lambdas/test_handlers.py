@@ -14,10 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from lambdas import runtime
 from meridian.evacuation import Dials, plan_evacuation, should_restore
 from meridian.hlc import Timestamp, Version
 from meridian.topology import load_topology
-from meridian_lambdas import runtime
 
 TOPOLOGY = load_topology({"regions": ["us-east-1", "eu-west-1", "eu-central-1"], "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}},
                          stack="fn")
@@ -54,7 +54,7 @@ def v(wall: int, region: str) -> str:
 class TestReplicationCanary:
     def test_heartbeats_and_emf(self, env: None, make_tables: Any, capsys: pytest.CaptureFixture[str]) -> None:
         """eu-west-1 writes a heartbeat in each of its tables and reads eu-central-1's; metrics go out as EMF."""
-        from meridian_lambdas.replication_canary import handler
+        from lambdas.replication_canary import handler
 
         with mock_aws():
             make_tables(TOPOLOGY, "eu-west-1")
@@ -93,7 +93,7 @@ def stream_event(table: str, old: dict[str, Any], new: dict[str, Any], seq: str 
 class TestConflictAuditor:
     def test_concurrent_overwrite_recorded_once(self, env: None, make_tables: Any) -> None:
         """A MODIFY from eu-central-1 replacing a version it had not seen is one conflict, even redelivered."""
-        from meridian_lambdas.conflict_auditor import handler
+        from lambdas.conflict_auditor import handler
 
         old = {"user_id": "u1", "name": "west", "version": v(100, "eu-west-1"), "origin_region": "eu-west-1"}
         new = {"user_id": "u1", "name": "central", "version": v(101, "eu-central-1"), "base": v(50, "eu-west-1"), "origin_region": "eu-central-1"}
@@ -109,7 +109,7 @@ class TestConflictAuditor:
             assert item["rule"]["S"] == "dynamodb-global-tables-lww" and item["item_key"]["S"] == "users#u1"
 
     def test_successor_and_local_writes_are_not_conflicts(self, env: None, make_tables: Any) -> None:
-        from meridian_lambdas.conflict_auditor import handler
+        from lambdas.conflict_auditor import handler
 
         old = {"user_id": "u1", "version": v(100, "eu-west-1"), "origin_region": "eu-west-1"}
         seen = {"user_id": "u1", "version": v(101, "eu-central-1"), "base": v(100, "eu-west-1"), "origin_region": "eu-central-1"}
@@ -122,7 +122,7 @@ class TestConflictAuditor:
 
     def test_failure_reported_for_retry(self, env: None, make_tables: Any) -> None:
         """Without its conflicts table the record fails and is reported in batchItemFailures."""
-        from meridian_lambdas.conflict_auditor import handler
+        from lambdas.conflict_auditor import handler
 
         old = {"user_id": "u1", "version": v(100, "eu-west-1"), "origin_region": "eu-west-1"}
         new = {"user_id": "u1", "version": v(101, "eu-central-1"), "origin_region": "eu-central-1"}
@@ -156,7 +156,7 @@ def alarm_event(state: str) -> dict[str, Any]:
 class TestEvacuator:
     def test_alarm_sets_dial_to_zero(self, env: None, make_tables: Any) -> None:
         """The request is checked against the real Global Accelerator model by the Stubber."""
-        from meridian_lambdas.evacuator import handler
+        from lambdas.evacuator import handler
 
         client, stub = ga_stub({"us-east-1": 100, "eu-west-1": 100, "eu-central-1": 100})
         stub.add_response("update_endpoint_group", {}, {"EndpointGroupArn": f"{LISTENER}/endpoint-group/eu-west-1", "TrafficDialPercentage": 0})
@@ -167,7 +167,7 @@ class TestEvacuator:
 
     def test_last_serving_region_of_a_zone_is_refused(self, env: None, make_tables: Any) -> None:
         """eu-central-1 already at 0: evacuating eu-west-1 would leave eu unserved; refused, no update call."""
-        from meridian_lambdas.evacuator import handler
+        from lambdas.evacuator import handler
 
         client, stub = ga_stub({"us-east-1": 100, "eu-west-1": 100, "eu-central-1": 0})
         with stub:
@@ -175,7 +175,7 @@ class TestEvacuator:
         assert not out["allowed"] and "'eu'" in out["reason"] and out["dial_to"] == 100
 
     def test_reconcile_restores_after_cooling(self, env: None, make_tables: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-        from meridian_lambdas.evacuator import handler
+        from lambdas.evacuator import handler
 
         monkeypatch.setattr(handler, "_alarm_state", lambda region: ("OK", 1000.0))
         client, stub = ga_stub({"us-east-1": 100, "eu-west-1": 0, "eu-central-1": 100})
@@ -193,14 +193,14 @@ class TestEvacuator:
         assert late["action"] == "restore" and late["dial_to"] == 100
 
     def test_ok_alarm_does_not_restore_at_once(self, env: None, make_tables: Any) -> None:
-        from meridian_lambdas.evacuator import handler
+        from lambdas.evacuator import handler
 
         client, stub = ga_stub({})
         out = handler.handle(alarm_event("OK"), dials=Dials(client, "meridian-fn"))
         assert out["action"] == "none" and "cooling" in out["reason"]
 
     def test_unknown_event(self, env: None, make_tables: Any) -> None:
-        from meridian_lambdas.evacuator import handler
+        from lambdas.evacuator import handler
 
         client, _ = ga_stub({})
         with pytest.raises(ValueError, match="unknown event"):
@@ -224,7 +224,7 @@ class TestEvacuationRules:
 
 
 class TestRolesMatchCalls:
-    """Each function's IAM role (meridian_infra.layout) allows exactly the API calls its code makes."""
+    """Each function's IAM role (infra.layout) allows exactly the API calls its code makes."""
 
     @staticmethod
     def record(client: Any, calls: set[str]) -> None:
@@ -232,9 +232,9 @@ class TestRolesMatchCalls:
         client.meta.events.register("before-call.*.*", lambda model, **_: calls.add(f"{prefix}:{model.name}"))
 
     def test_canary_and_auditor(self, env: None, make_tables: Any) -> None:
-        from meridian_infra import layout
-        from meridian_lambdas.conflict_auditor import handler as auditor
-        from meridian_lambdas.replication_canary import handler as canary
+        from infra import layout
+        from lambdas.conflict_auditor import handler as auditor
+        from lambdas.replication_canary import handler as canary
 
         with mock_aws():
             make_tables(TOPOLOGY, "eu-west-1")
@@ -250,8 +250,8 @@ class TestRolesMatchCalls:
             assert calls == set(layout.AUDITOR_TABLE_ACTIONS)
 
     def test_evacuator(self, env: None, make_tables: Any) -> None:
-        from meridian_infra import layout
-        from meridian_lambdas.evacuator import handler
+        from infra import layout
+        from lambdas.evacuator import handler
 
         client, stub = ga_stub({"us-east-1": 100, "eu-west-1": 100, "eu-central-1": 100})
         stub.add_response("update_endpoint_group", {}, {"EndpointGroupArn": f"{LISTENER}/endpoint-group/eu-west-1", "TrafficDialPercentage": 0})

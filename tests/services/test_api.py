@@ -273,8 +273,8 @@ class TestCounterVersions:
 class TestTaskRoleMatchesCalls:
     def test_calls_made_are_what_the_role_allows(self, cluster: Cluster) -> None:
         """Every DynamoDB call a full flow makes needs only the task role's actions, and each action is used."""
+        from infra.layout import SERVICE_TABLE_ACTIONS
         from meridian.store import CALLS
-        from meridian_infra.layout import SERVICE_TABLE_ACTIONS
 
         seen: set[str] = set()
         for service in cluster.services.values():

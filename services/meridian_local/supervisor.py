@@ -86,7 +86,7 @@ class Supervisor:
         self.log(f"embedded AWS (moto server) at {endpoint}")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            from meridian_infra.render import render
+            from infra.render import render
 
             plan = render(self.topology)
         self.applied = apply(plan, endpoint)

@@ -27,7 +27,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from meridian_infra.render import Plan, PlannedResource
+from infra.render import Plan, PlannedResource
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's signature key for secret values
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
@@ -372,7 +372,7 @@ def _lambda_zip() -> bytes:
     if _ZIP is None:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-            for folder, prefix in ((REPO_ROOT / "services" / "meridian", "meridian"), (REPO_ROOT / "lambdas", "meridian_lambdas")):
+            for folder, prefix in ((REPO_ROOT / "services" / "meridian", "meridian"), (REPO_ROOT / "lambdas", "lambdas")):
                 for path in folder.rglob("*.py"):
                     z.write(path, f"{prefix}/{path.relative_to(folder)}")
         _ZIP = buffer.getvalue()

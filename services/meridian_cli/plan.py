@@ -17,8 +17,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     topology = resolve_topology(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # pulumi_aws.lambda_ warns on import
-        from meridian_infra.render import render
-        from meridian_policy.rules import Res, check
+        from infra.render import render
+        from policy.rules import Res, check
 
         plan = render(topology)
     resources = [Res(r.type, r.name, r.region, r.inputs) for r in plan.resources if r.custom]
@@ -62,7 +62,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_row("[bold]total[/]", *[f"[bold]{t}[/]" for t in totals])
     out.print(table)
     out.print(f"outputs: api {plan.outputs.get('apiUrl')}, accelerator {plan.outputs.get('acceleratorDnsName') or 'off'}")
-    from meridian_policy.rules import RULES
+    from policy.rules import RULES
 
     failed = {v.rule for v in violations}
     for rule in RULES:
