@@ -1,18 +1,14 @@
-"""Entry point of `pulumi up` / `pulumi preview`: read the stack's config, declare the stack, export."""
+"""Entry point of `pulumi up` / `pulumi preview` (and of `meridian plan`, the tests and the local run,
+which run this file with the config the CLI would hand it): read the config, declare the stack, export."""
 
 import pulumi
 
+from infra.config import read_topology
 from infra.program import define_stack
-from meridian.topology import CONFIG_KEYS, CONFIG_NAMESPACE, TopologyError, load_topology
+from meridian.topology import TopologyError
 
-config = pulumi.Config(CONFIG_NAMESPACE)
-values = {key: config.get_object(key) for key in CONFIG_KEYS}
 try:
-    topology = load_topology(
-        {k: v for k, v in values.items() if v is not None},
-        project=pulumi.get_project(),
-        stack=pulumi.get_stack(),
-    )
+    topology = read_topology()
 except TopologyError as exc:
     # One line in `pulumi up`'s diagnostics, not a Python traceback.
     raise pulumi.RunError(f"meridian config: {exc}") from None

@@ -29,12 +29,14 @@ SERVICE_TABLE_ACTIONS = (
     "dynamodb:UpdateItem",
 )
 CANARY_TABLE_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem")
+#: What Lambda's event source mapping needs on the streams it reads (the function's role is used).
 STREAM_READ_ACTIONS = (
     "dynamodb:DescribeStream",
     "dynamodb:GetRecords",
     "dynamodb:GetShardIterator",
-    "dynamodb:ListStreams",
 )
+#: ListStreams supports no resource-level permission: a statement of its own, on "*".
+STREAM_LIST_ACTIONS = ("dynamodb:ListStreams",)
 AUDITOR_TABLE_ACTIONS = ("dynamodb:PutItem",)
 EVACUATOR_ACCELERATOR_ACTIONS = ("globalaccelerator:UpdateEndpointGroup",)
 EVACUATOR_DISCOVERY_ACTIONS = (
@@ -154,6 +156,7 @@ def auditor_policy(topology: Topology, region: str, *, partition: str, account: 
     conflicts = sorted(t["conflicts"] for t in topology.tables_in_region(region).values() if "conflicts" in t)
     return policy(
         allow("ReadZoneTableStreams", STREAM_READ_ACTIONS, stream_resources(partition, region, account, names)),
+        allow("ListStreams", STREAM_LIST_ACTIONS, ["*"]),
         allow(
             "RecordConflictsInZone",
             AUDITOR_TABLE_ACTIONS,

@@ -1,11 +1,13 @@
-"""The Meridian stack: providers, shared secret, global tables, one Region per region, the global edge.
+"""The Meridian stack: providers, shared secret, service image, global tables, one Region per region,
+the global edge.
 
 ``__main__.py`` calls :func:`define_stack` with the topology read from stack config; ``meridian plan``,
-the tests and the local run call it under Pulumi mocks with the same topology.
+the tests and the local run run that same ``__main__.py`` under Pulumi mocks.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pulumi
@@ -13,6 +15,7 @@ import pulumi_aws as aws
 
 from infra import layout
 from infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
+from infra.components.image import ServiceImage, ServiceImageArgs
 from infra.components.regional import Region, RegionArgs
 from infra.components.tables import GlobalTables, GlobalTablesArgs
 from meridian.topology import Topology
@@ -34,22 +37,43 @@ def make_providers(topology: Topology) -> dict[str, aws.Provider]:
     }
 
 
+#: The zone id a preview without ``meridian:hostedZoneId`` plans against (never deployed: `up` refuses).
+PREVIEW_ZONE_ID = "ZPREVIEWNOTDELEGATED"
+
+
+def replica_arn(arn: str, *, primary: str, region: str) -> str:
+    """The ARN of a secret's replica: the same ARN with the replica's region."""
+    return arn.replace(f":{primary}:", f":{region}:")
+
+
+def hosted_zone(topology: Topology) -> str:
+    """The delegated public zone of the domain.
+
+    ACM validates each region's certificate through records in this zone; a zone nobody delegated
+    leaves every certificate (and so the whole `pulumi up`) waiting until ACM gives up. So the program
+    never creates one: `pulumi up` without ``meridian:hostedZoneId`` stops at once with what to do,
+    and a preview (or ``meridian plan``) shows the rest of the stack against a placeholder.
+    """
+    if topology.hosted_zone_id:
+        return topology.hosted_zone_id
+    if pulumi.runtime.is_dry_run():
+        pulumi.log.warn(
+            f"meridian:hostedZoneId is not set: this preview uses a placeholder zone; `pulumi up` needs the id of a "
+            f"public hosted zone for {topology.domain} that is delegated from its parent zone"
+        )
+        return PREVIEW_ZONE_ID
+    raise pulumi.RunError(
+        f"meridian:hostedZoneId is not set. Create a public hosted zone for {topology.domain} "
+        f"(aws route53 create-hosted-zone --name {topology.domain} --caller-reference meridian-{topology.stack}), "
+        "add its NS records to the parent zone, then `pulumi config set meridian:hostedZoneId <zone id>` and run `pulumi up` again."
+    )
+
+
 def define_stack(topology: Topology) -> dict[str, Any]:
     providers = make_providers(topology)
     dns = providers[layout.DNS_REGION]
-    primary = topology.regions[0]
-
-    if topology.hosted_zone_id:
-        hosted_zone_id: pulumi.Input[str] = topology.hosted_zone_id
-        name_servers: pulumi.Input[list[str]] = []
-    else:
-        zone = aws.route53.Zone(
-            "public-zone",
-            name=topology.domain,
-            comment=f"Meridian {topology.stack}: delegate {topology.domain} here from its parent zone",
-            opts=pulumi.ResourceOptions(provider=dns, protect=True),
-        )
-        hosted_zone_id, name_servers = zone.zone_id, zone.name_servers
+    primary = topology.secret_region
+    hosted_zone_id = hosted_zone(topology)
 
     # One key pair for session tokens and region-to-region calls, replicated to every region so that any
     # region verifies what another signed. Generated once; later `pulumi up`s keep it (ignore_changes).
@@ -57,7 +81,7 @@ def define_stack(topology: Topology) -> dict[str, Any]:
         "session-keys",
         name=f"{layout.resource_prefix(topology)}/session-keys",
         description="Meridian HMAC keys: session tokens (session) and region-to-region calls (peer)",
-        replicas=[aws.secretsmanager.SecretReplicaArgs(region=r) for r in topology.regions[1:]],
+        replicas=[aws.secretsmanager.SecretReplicaArgs(region=r) for r in topology.regions if r != primary],
         recovery_window_in_days=7,
         opts=pulumi.ResourceOptions(provider=providers[primary]),
     )
@@ -71,6 +95,7 @@ def define_stack(topology: Topology) -> dict[str, Any]:
         opts=pulumi.ResourceOptions(provider=providers[primary], ignore_changes=["secretString"]),
     )
 
+    image = ServiceImage("service-image", ServiceImageArgs(topology=topology, providers=providers))
     tables = GlobalTables("tables", GlobalTablesArgs(topology=topology, providers=providers))
     cidrs = layout.vpc_cidrs(topology.regions)
     regions: dict[str, Region] = {}
@@ -84,9 +109,10 @@ def define_stack(topology: Topology) -> dict[str, Any]:
                 cidr=cidrs[region],
                 dns_provider=dns,
                 hosted_zone_id=hosted_zone_id,
-                secret_arn=secret.arn.apply(lambda arn, r=region: arn.replace(f":{primary}:", f":{r}:")),
+                secret_arn=secret.arn.apply(functools.partial(replica_arn, primary=primary, region=region)),
                 stream_arns=tables.streams_in_region(region),
                 shared_validation_fqdns=shared_validation,
+                image=image.uris[region],
                 depends_on=[tables],
             ),
             opts=pulumi.ResourceOptions(providers={"aws": providers[region]}),
@@ -108,7 +134,7 @@ def define_stack(topology: Topology) -> dict[str, Any]:
     )
     return {
         "hostedZoneId": hosted_zone_id,
-        "nameServers": name_servers,
+        "serviceImage": image.tag if not topology.sizing.image else topology.sizing.image,
         "apiUrl": f"https://{topology.domain}",
         "regions": {
             r: {"albDnsName": c.alb_dns_name, "serviceName": c.service_name, "url": f"https://{r}.{topology.domain}"}

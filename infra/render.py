@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
+import runpy
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 
+from meridian.stackfile import StackConfig, StackConfigError, read_stack, stack_config
 from meridian.topology import Topology
 
 ACCOUNT_ID = "123456789012"
@@ -45,6 +50,10 @@ class Plan:
     topology: Topology
     resources: list[PlannedResource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: every data-source invoke as (token, provider region, arguments)
+    invokes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    #: what the program logged (pulumi.log), e.g. "warning: ..."
+    messages: list[str] = field(default_factory=list)
 
     @property
     def custom(self) -> list[PlannedResource]:
@@ -78,6 +87,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[PlannedResource] = []
+        #: every invoke as (token, provider region, arguments), for tests of data-source inputs
+        self.invokes: list[tuple[str, str, dict[str, Any]]] = []
         self._provider_regions: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -104,13 +115,25 @@ class RecordingMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         region = self._region_of(args.provider) or "us-east-1"
         token = args.token
+        with self._lock:
+            self.invokes.append((token, region, dict(args.args)))
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            # As AWS answers an account that opted in to a Local Zone: `state=available` alone lists it
+            # (and it sorts first); only the `opt-in-status = opt-in-not-required` filter leaves it out.
             names = [f"{region}{s}" for s in "abc"]
-            return {"names": names, "zoneIds": [f"{region[:3]}{region[-1]}-az{i + 1}" for i in range(3)], "id": region}, []
+            filters = {f.get("name"): f.get("values") for f in args.args.get("filters") or []}
+            if filters.get("opt-in-status") != ["opt-in-not-required"]:
+                names = [f"{region}-lz-1a", *names]
+            return {"names": names, "zoneIds": [f"{region[:3]}{region[-1]}-az{i + 1}" for i in range(len(names))], "id": region}, []
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT_ID, "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/plan", "userId": "PLAN", "id": ACCOUNT_ID}, []
         if token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsPrefix": "com.amazonaws", "id": "aws"}, []
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            registry = args.args.get("registryId") or ACCOUNT_ID
+            return {"userName": "AWS", "password": "plan-token", "authorizationToken": "QVdTOnBsYW4tdG9rZW4=",
+                    "proxyEndpoint": f"https://{registry}.dkr.ecr.{region}.amazonaws.com", "expiresAt": "2099-01-01T00:00:00Z",
+                    "id": region}, []
         if token == "aws:secretsmanager/getRandomPassword:getRandomPassword":
             return {"randomPassword": secrets.token_urlsafe(48)[:64], "id": "random"}, []
         raise NotImplementedError(f"the plan mocks do not answer invoke {token}; add it to infra.render")
@@ -205,29 +228,127 @@ def computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> tuple[
         out |= {"arn": f"{inputs['acceleratorArn']}/listener/{_h(name, n=8)}"}
     elif typ == "aws:globalaccelerator/endpointGroup:EndpointGroup":
         out |= {"arn": f"{inputs['listenerArn']}/endpoint-group/{_h(name, n=12)}"}
+    elif typ == "aws:ecr/repository:Repository":
+        out |= {"arn": f"arn:aws:ecr:{region}:{acct}:repository/{given}", "registryId": acct,
+                "repositoryUrl": f"{acct}.dkr.ecr.{region}.amazonaws.com/{given}"}
+        rid = str(given)
+    elif typ == "docker-build:index:Image":
+        digest = "sha256:" + hashlib.sha256(json.dumps(inputs.get("tags", []), sort_keys=True).encode()).hexdigest()
+        tags = inputs.get("tags") or []
+        out = {**out, "digest": digest, "ref": f"{str(tags[0]).rsplit(':', 1)[0]}@{digest}" if tags else digest,
+               "contextHash": _h(name, n=64)}
+        out.pop("arn", None)
     out.setdefault("id", rid)
     return rid, out
 
 
-def render(topology: Topology, define: Callable[[Topology], dict[str, Any]] | None = None) -> Plan:
-    """Run the program for ``topology`` under mocks and return every resource and the stack outputs."""
-    if define is None:
-        from infra.program import define_stack as define
+class RenderError(Exception):
+    """The program refused to run (bad config, a deploy precondition): one line for the user."""
 
+
+#: The file `pulumi up` runs (Pulumi.yaml: ``main: infra/``).
+ENTRY_POINT = Path(__file__).with_name("__main__.py")
+PROJECT_FILE = Path(__file__).resolve().parents[1] / "Pulumi.yaml"
+
+
+class _Log(logging.Handler):
+    """Collects what the program logs through ``pulumi.log`` (warnings such as a missing hosted zone)."""
+
+    def __init__(self, sink: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink.append(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+def render_stack(path: str | Path, *, preview: bool = True, project_file: str | Path | None = None) -> Plan:
+    """Run ``infra/__main__.py`` under mocks with the stack's config as the Pulumi CLI hands it.
+
+    ``preview=True`` is `pulumi preview` (and the local run); ``preview=False`` is `pulumi up`, where
+    deploy-only preconditions (a delegated hosted zone) are enforced.
+    """
+    try:
+        config = read_stack(path, project_file=project_file)
+    except StackConfigError as exc:
+        raise RenderError(str(exc)) from None
+    return render_config(config, preview=preview)
+
+
+def render_values(
+    config: Mapping[str, Any], *, stack: str = "test", project: str = "meridian", preview: bool = True
+) -> Plan:
+    """Like :func:`render_stack` for a stack file whose ``config:`` is ``config`` (keys with or without
+    the ``meridian:`` namespace), merged with ``Pulumi.yaml``'s declarations and defaults."""
+    import yaml
+
+    project_doc = yaml.safe_load(PROJECT_FILE.read_text()) if PROJECT_FILE.is_file() else {}
+    try:
+        cli = stack_config(project, stack, config, project_doc=project_doc)
+    except StackConfigError as exc:
+        raise RenderError(str(exc)) from None
+    return render_config(cli, preview=preview)
+
+
+def render_config(config: StackConfig, *, preview: bool = True, entry_point: Path = ENTRY_POINT) -> Plan:
+    """Run the entry point under mocks with ``config`` (strings, as the CLI passes them)."""
     # Pulumi's runtime uses the thread's current event loop; asyncio.run() elsewhere may have unset it.
     try:
         asyncio.get_event_loop_policy().get_event_loop()
     except RuntimeError:
         asyncio.set_event_loop(asyncio.new_event_loop())
+    messages: list[str] = []
+    logger = logging.getLogger("meridian.plan.program")
+    logger.propagate = False
+    logger.handlers = [_Log(messages)]
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project=topology.project, stack=topology.stack, preview=False)
+    pulumi.runtime.settings.ROOT.set(None)  # a fresh root stack: outputs of an earlier render must not leak
+    pulumi.runtime.set_mocks(mocks, project=config.project, stack=config.stack, preview=preview, logger=logger)
+    pulumi.runtime.set_all_config(dict(config.values), sorted(config.secret_keys))
+    result: dict[str, Any] = {}
+
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
+    def run() -> pulumi.Output[Any]:
+        from infra.config import read_topology
+
+        runpy.run_path(str(entry_point), run_name="__main__")
+        result["topology"] = read_topology()
+        stack = pulumi.runtime.get_root_resource()
+        exported = dict(getattr(stack, "outputs", {}) or {})
+        return pulumi.Output.from_input(exported).apply(lambda o: result.__setitem__("outputs", o))
+
+    try:
+        run()
+    except pulumi.RunError as exc:
+        raise RenderError(str(exc)) from None
+    plan = Plan(topology=result["topology"], outputs=dict(result.get("outputs") or {}))
+    plan.resources = mocks.resources
+    plan.invokes = mocks.invokes
+    plan.messages = messages
+    return plan
+
+
+def render(topology: Topology, define: Callable[[Topology], dict[str, Any]] | None = None) -> Plan:
+    """Deprecated side path (calls ``define_stack`` directly); kept only until every caller moved to
+    :func:`render_stack` / :func:`render_values`."""
+    if define is None:
+        from infra.program import define_stack as define
+
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    mocks = RecordingMocks()
+    pulumi.runtime.settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project=topology.project, stack=topology.stack, preview=True)
     plan = Plan(topology=topology)
 
-    @pulumi.runtime.test
+    @pulumi.runtime.test  # type: ignore[untyped-decorator]
     def run() -> pulumi.Output[Any]:
         outputs = define(topology)
         return pulumi.Output.from_input(outputs).apply(plan.outputs.update)
 
     run()
     plan.resources = mocks.resources
+    plan.invokes = mocks.invokes
     return plan

@@ -28,8 +28,13 @@ class NetworkArgs:
 
 class Network(pulumi.ComponentResource):
     vpc: aws.ec2.Vpc
+    internet_gateway: aws.ec2.InternetGateway
     public_subnet_ids: list[pulumi.Output[str]]
     private_subnet_ids: list[pulumi.Output[str]]
+    #: What makes the public subnets reach the internet: the attached gateway, the default route through
+    #: it and the public subnets' route table associations. An internet-facing load balancer must be
+    #: created after these (its inputs name only the subnets, which exist before the gateway is attached).
+    internet_ready: list[pulumi.Resource]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("meridian:network:Network", name, None, opts)
@@ -45,11 +50,13 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags={"Name": f"{name}-igw"}, opts=child)
+        self.internet_gateway = igw
         public_rt = aws.ec2.RouteTable(f"{name}-public-rt", vpc_id=self.vpc.id, tags={"Name": f"{name}-public"}, opts=child)
-        aws.ec2.Route(
+        public_default = aws.ec2.Route(
             f"{name}-public-default", route_table_id=public_rt.id, destination_cidr_block="0.0.0.0/0",
             gateway_id=igw.id, opts=child,
         )
+        self.internet_ready = [igw, public_default]
 
         self.public_subnet_ids, self.private_subnet_ids = [], []
         private_rts: list[aws.ec2.RouteTable] = []
@@ -58,7 +65,9 @@ class Network(pulumi.ComponentResource):
                 f"{name}-public-{i}", vpc_id=self.vpc.id, cidr_block=public_cidrs[i], availability_zone=az,
                 map_public_ip_on_launch=False, tags={"Name": f"{name}-public-{az}", "tier": "public"}, opts=child,
             )
-            aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=public.id, route_table_id=public_rt.id, opts=child)
+            self.internet_ready.append(
+                aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=public.id, route_table_id=public_rt.id, opts=child)
+            )
             private = aws.ec2.Subnet(
                 f"{name}-private-{i}", vpc_id=self.vpc.id, cidr_block=private_cidrs[i], availability_zone=az,
                 map_public_ip_on_launch=False, tags={"Name": f"{name}-private-{az}", "tier": "private"}, opts=child,

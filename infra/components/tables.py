@@ -52,7 +52,7 @@ class GlobalTables(pulumi.ComponentResource):
                 deletion_protection_enabled=True,
                 consistency_mode="STRONG" if strong else "EVENTUAL",
             )
-            for region in zone.regions[1:]
+            for region in topology.replica_order(zone)[1:]
         ]
         return aws.dynamodb.Table(
             f"{name}-{zone.name}-{spec.name}",

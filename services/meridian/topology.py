@@ -32,6 +32,7 @@ __all__ = [
     "known_regions",
     "load_stack_file",
     "load_topology",
+    "topology_from_cli_config",
 ]
 
 CONFIG_NAMESPACE = "meridian"
@@ -130,7 +131,8 @@ class Zone:
 
 @dataclass(frozen=True, kw_only=True)
 class Sizing:
-    image: str = "public.ecr.aws/docker/library/python:3.11-slim"
+    #: empty: `pulumi up` builds services/Dockerfile and pushes it to each region's ECR repository
+    image: str = ""
     cpu: int = 512
     memory: int = 1024
     desired_count: int = 2
@@ -163,6 +165,10 @@ class Topology:
     hosted_zone_id: str | None = None
     sizing: Sizing = field(default_factory=Sizing)
     routing: Routing = field(default_factory=Routing)
+    #: zone name -> the region whose provider declares the zone's global tables (pinned, never list order)
+    home_regions: Mapping[str, str] = field(default_factory=dict)
+    #: the region that owns the session-key secret (replicated to the others)
+    primary_region: str = ""
 
     # -- lookups -------------------------------------------------------------------------------------
     @property
@@ -209,12 +215,27 @@ class Topology:
         return out
 
     def home_region(self, zone: Zone) -> str:
-        """The region whose provider declares a zone's global tables; the others are its replicas."""
-        return zone.regions[0]
+        """The region whose provider declares a zone's global tables; the others are its replicas.
+
+        Pinned by ``meridian:homeRegions``; by default the zone's alphabetically first region. Never the
+        list order: reordering ``meridian:regions`` must not move (replace) a protected table.
+        """
+        return self.home_regions.get(zone.name) or default_home_region(zone.regions)
+
+    @property
+    def secret_region(self) -> str:
+        """Where the session-key secret lives (``meridian:primaryRegion``, else the global zone's home)."""
+        return self.primary_region or self.home_region(self.global_zone)
+
+    def replica_order(self, zone: Zone) -> tuple[str, ...]:
+        """The zone's regions, its home region first."""
+        home = self.home_region(zone)
+        return (home, *[r for r in zone.regions if r != home])
 
     # -- serialization -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        plain: dict[str, Any] = _to_plain(self)
+        return plain
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
@@ -277,7 +298,14 @@ def _topology_from_plain(data: Mapping[str, Any]) -> Topology:
         hosted_zone_id=data["hosted_zone_id"],
         sizing=Sizing(**data["sizing"]),
         routing=Routing(**{**data["routing"], "traffic_dials": dict(data["routing"]["traffic_dials"])}),
+        home_regions=dict(data.get("home_regions", {})),
+        primary_region=data.get("primary_region", ""),
     )
+
+
+def default_home_region(regions: tuple[str, ...] | list[str]) -> str:
+    """Deterministic and independent of list order: the alphabetically first region."""
+    return min(regions)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,7 +319,7 @@ CONFIG_KEYS: dict[str, tuple[str, Any, str]] = {
     "residencyZones": ("object", {}, "Residency zones: zone name -> list of regions that may store its data."),
     "domain": ("string", "api.meridian.example.com", "Public API name; each region also gets <region>.<domain>."),
     "hostedZoneId": ("string", "", "Existing Route 53 public zone for the domain; empty creates one."),
-    "image": ("string", Sizing.image, "Container image of the Meridian service (build it from services/Dockerfile)."),
+    "image": ("string", Sizing.image, "Prebuilt service image to deploy; empty builds services/Dockerfile into ECR."),
     "serviceCpu": ("integer", Sizing.cpu, "Fargate task CPU units."),
     "serviceMemory": ("integer", Sizing.memory, "Fargate task memory (MiB)."),
     "desiredCount": ("integer", Sizing.desired_count, "Tasks per region at deploy time."),
@@ -305,6 +333,8 @@ CONFIG_KEYS: dict[str, tuple[str, Any, str]] = {
     "globalAccelerator": ("boolean", Routing.global_accelerator, "Declare a Global Accelerator in front of the regions."),
     "trafficDials": ("object", {}, "Global Accelerator traffic dial per region, 0-100 (default 100)."),
     "tables": ("object", {}, "Per-table overrides: {table: {consistency: eventual|strong, witnessRegion: region}}."),
+    "homeRegions": ("object", {}, "Zone -> region that declares its global tables (default: the zone's alphabetically first region)."),
+    "primaryRegion": ("string", "", "Region of the session-key secret (default: the home region of the all-regions zone)."),
 }
 
 _TABLE_OVERRIDE_KEYS = {"consistency", "witnessRegion"}
@@ -350,14 +380,16 @@ def load_topology(config: Mapping[str, Any], *, project: str = "meridian", stack
     )
     if not 1 <= sizing.min_count <= sizing.desired_count <= sizing.max_count:
         raise TopologyError("need 1 <= meridian:minCount <= meridian:desiredCount <= meridian:maxCount")
-    if not sizing.image:
-        raise TopologyError("meridian:image is empty; set it to the service image URI")
     domain = _str(get, "domain").rstrip(".").lower()
     if not re.fullmatch(r"([a-z0-9-]+\.)+[a-z]{2,}", domain):
         raise TopologyError(f"meridian:domain {domain!r} is not a DNS name like api.example.com")
     tables = _tables(get["tables"], zones)
     if not _NAME.match(stack):
         raise TopologyError(f"stack name {stack!r} must be lowercase letters, digits and dashes (it names tables)")
+    home_regions = _home_regions(get["homeRegions"], zones)
+    primary = _str(get, "primaryRegion")
+    if primary and primary not in regions:
+        raise TopologyError(f"meridian:primaryRegion is {primary!r}, which is not in meridian:regions")
     return Topology(
         project=project,
         stack=stack,
@@ -368,7 +400,23 @@ def load_topology(config: Mapping[str, Any], *, project: str = "meridian", stack
         hosted_zone_id=_str(get, "hostedZoneId") or None,
         sizing=sizing,
         routing=routing,
+        home_regions=home_regions,
+        primary_region=primary,
     )
+
+
+def _home_regions(value: Any, zones: tuple[Zone, ...]) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TopologyError("meridian:homeRegions must be a map of zone name -> region")
+    names = {z.name: z for z in zones}
+    out: dict[str, str] = {}
+    for zone_name, region in value.items():
+        if zone_name not in names:
+            raise TopologyError(f"meridian:homeRegions names zone {zone_name!r}; the stack's zones are {', '.join(names)}")
+        if region not in names[zone_name].regions:
+            raise TopologyError(f"meridian:homeRegions.{zone_name} is {region!r}, which is not one of that zone's regions")
+        out[zone_name] = region
+    return out
 
 
 def _regions(value: Any) -> tuple[str, ...]:
@@ -489,45 +537,38 @@ def _str(get: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _parse_config_value(value: Any) -> Any:
-    """Stack files written by ``pulumi config set --path`` hold objects; by plain ``set``, JSON strings."""
-    if isinstance(value, str) and value[:1] in "[{":
+def topology_from_cli_config(
+    values: Mapping[str, str], *, project: str, stack: str, secret_keys: frozenset[str] = frozenset()
+) -> Topology:
+    """A topology from ``meridian:`` config as the Pulumi CLI hands it (every value a string), each key
+    read by its declared type. ``infra/__main__.py`` does the same through ``pulumi.Config``'s typed getters."""
+    from meridian.stackfile import StackConfigError, typed
+
+    config: dict[str, Any] = {}
+    for key, raw in values.items():
+        if f"{CONFIG_NAMESPACE}:{key}" in secret_keys:
+            raise TopologyError(f"meridian:{key} is a secret; Meridian reads no secret config")
+        if key not in CONFIG_KEYS:
+            config[key] = raw  # refused by load_topology with the list of known keys
+            continue
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
+            config[key] = typed(f"meridian:{key}", CONFIG_KEYS[key][0], raw)
+        except StackConfigError as exc:
+            raise TopologyError(str(exc)) from None
+    return load_topology(config, project=project, stack=stack)
 
 
 def load_stack_file(path: str | Path, *, project_file: str | Path | None = None) -> Topology:
-    """Load a ``Pulumi.<stack>.yaml`` without the Pulumi CLI, as ``pulumi up`` would see its config."""
-    import yaml
+    """Load a ``Pulumi.<stack>.yaml`` without the Pulumi CLI, as ``pulumi up`` would hand its config."""
+    from meridian.stackfile import StackConfigError, read_stack
 
-    path = Path(path)
-    if not path.is_file():
-        raise TopologyError(f"stack file {path} does not exist; pass --config Pulumi.<stack>.yaml or --stack NAME")
-    match = re.fullmatch(r"Pulumi\.(.+)\.ya?ml", path.name)
-    if not match:
-        raise TopologyError(f"{path.name} is not a stack file; stack files are named Pulumi.<stack>.yaml")
-    project_path = Path(project_file) if project_file else path.parent / "Pulumi.yaml"
-    project = "meridian"
-    if project_path.is_file():
-        project = str((yaml.safe_load(project_path.read_text()) or {}).get("name", project))
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise TopologyError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    raw = doc.get("config", {}) if isinstance(doc, Mapping) else None
-    if not isinstance(raw, Mapping):
-        raise TopologyError(f"{path}: 'config' must be a map of namespace:key -> value")
-    config: dict[str, Any] = {}
-    for key, value in raw.items():
-        namespace, _, name = str(key).partition(":")
-        if namespace in (CONFIG_NAMESPACE, project) and name:
-            if isinstance(value, Mapping) and "secure" in value:
-                raise TopologyError(f"{path}: meridian:{name} is a secret; Meridian reads no secret config")
-            config[name] = _parse_config_value(value)
-    return load_topology(config, project=project, stack=match.group(1))
+        config = read_stack(path, project_file=project_file)
+    except StackConfigError as exc:
+        raise TopologyError(str(exc)) from None
+    return topology_from_cli_config(
+        config.namespace(CONFIG_NAMESPACE), project=config.project, stack=config.stack, secret_keys=config.secret_keys
+    )
 
 
 def find_stack_file(stack: str, root: str | Path = ".") -> Path:

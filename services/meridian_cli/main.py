@@ -19,11 +19,16 @@ class UsageError(Exception):
     """A mistake in how the command was called; printed as one line, exit status 2."""
 
 
-def resolve_topology(args: argparse.Namespace) -> Topology:
+def stack_file(args: argparse.Namespace) -> Path:
     """``--config PATH`` wins; else ``--stack NAME`` (Pulumi.NAME.yaml); else the dev stack."""
     if getattr(args, "config", None):
-        return load_stack_file(args.config)
-    return load_stack_file(find_stack_file(getattr(args, "stack", None) or "dev", Path.cwd()))
+        return Path(args.config)
+    return find_stack_file(getattr(args, "stack", None) or "dev", Path.cwd())
+
+
+def resolve_topology(args: argparse.Namespace) -> Topology:
+    """The stack's topology, its config read as the Pulumi CLI hands it to the program."""
+    return load_stack_file(stack_file(args))
 
 
 def console() -> Any:

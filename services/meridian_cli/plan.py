@@ -8,19 +8,24 @@ import warnings
 from collections import Counter, defaultdict
 
 from meridian_cli.commands import REGISTRY
-from meridian_cli.main import add_stack_options, console, resolve_topology
+from meridian_cli.main import UsageError, add_stack_options, console, stack_file
 
 GLOBAL_SERVICES = ("aws:route53/", "aws:globalaccelerator/")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    topology = resolve_topology(args)
+    path = stack_file(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # pulumi_aws.lambda_ warns on import
-        from infra.render import render
+        from infra.render import RenderError, render_stack
         from policy.rules import Res, check
 
-        plan = render(topology)
+        try:
+            # infra/__main__.py itself, with the config as the Pulumi CLI hands it; --for-deploy is `pulumi up`.
+            plan = render_stack(path, preview=not args.for_deploy)
+        except RenderError as exc:
+            raise UsageError(str(exc)) from None
+    topology = plan.topology
     resources = [Res(r.type, r.name, r.region, r.inputs) for r in plan.resources if r.custom]
     violations = check(resources, topology.regions)
     if args.json:
@@ -31,6 +36,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "resources": [r.to_json() for r in plan.custom],
                     "outputs": plan.outputs,
                     "violations": [v.to_json() for v in violations],
+                    "messages": plan.messages,
                 },
                 indent=2,
                 sort_keys=True,
@@ -62,6 +68,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_row("[bold]total[/]", *[f"[bold]{t}[/]" for t in totals])
     out.print(table)
     out.print(f"outputs: api {plan.outputs.get('apiUrl')}, accelerator {plan.outputs.get('acceleratorDnsName') or 'off'}")
+    for message in plan.messages:
+        out.print(f"[yellow]{message}[/]")
     from policy.rules import RULES
 
     failed = {v.rule for v in violations}
@@ -78,6 +86,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("plan", help="render the Pulumi program offline (mocks) and check the policy rules")
     add_stack_options(parser)
     parser.add_argument("--json", action="store_true", help="print resources, outputs and violations as JSON")
+    parser.add_argument("--for-deploy", action="store_true",
+                        help="plan as `pulumi up` runs (not a preview): deploy-only checks such as a delegated hosted zone apply")
     parser.set_defaults(handler=cmd_plan)
 
 

@@ -28,6 +28,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.render import Plan, PlannedResource
+from meridian_local.validation import validate_requests
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's signature key for secret values
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
@@ -68,10 +69,11 @@ class Applier:
     def client(self, service: str, region: str) -> Any:
         key = (service, region)
         if key not in self._clients:
-            self._clients[key] = boto3.client(
+            # Every request is checked against AWS's service model first: moto accepts what AWS refuses.
+            self._clients[key] = validate_requests(boto3.client(
                 service, region_name=region, endpoint_url=self.endpoint, config=NO_RETRIES,
                 aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local",
-            )
+            ))
         return self._clients[key]
 
     def real(self, value: Any) -> Any:
@@ -113,6 +115,7 @@ class Applier:
             "aws:lambda/function:Function": self.function,
             "aws:globalaccelerator/endpointGroup:EndpointGroup": self.endpoint_group,
         }
+        self.delegated_zone()
         for resource in self.plan.custom:
             handler = handlers.get(resource.type)
             kind = resource.type.split(":")[1]
@@ -191,6 +194,17 @@ class Applier:
         return str(json.loads(secret)[json_key]) if json_key else secret
 
     # -- DNS and edge -------------------------------------------------------------------------------------
+    def delegated_zone(self) -> None:
+        """The stack's records go to a zone the program does not own (``meridian:hostedZoneId``, or the
+        preview's placeholder): locally that zone is created here, as the user creates it on AWS."""
+        zone_id = self.plan.outputs.get("hostedZoneId")
+        if not zone_id or self.plan.of_type("aws:route53/zone:Zone"):
+            return
+        resp = self.client("route53", "us-east-1").create_hosted_zone(
+            Name=self.plan.topology.domain, CallerReference=f"meridian-{self.plan.topology.stack}"
+        )
+        self._ids[str(zone_id)] = resp["HostedZone"]["Id"].split("/")[-1]
+
     def zone(self, r: PlannedResource) -> None:
         resp = self.client("route53", "us-east-1").create_hosted_zone(Name=r.inputs["name"], CallerReference=r.name)
         self._map(r, real_id=resp["HostedZone"]["Id"].split("/")[-1])

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meridian.topology import Topology, load_stack_file
+from infra.render import Plan
 from meridian_local import moto_server
 from meridian_local.applier import Applied, apply
 from meridian_local.edge import Edge
@@ -65,8 +65,9 @@ class RegionProcess:
 
 
 class Supervisor:
-    def __init__(self, topology: Topology, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, edge_port: int) -> None:
-        self.topology, self.state_dir = topology, state_dir
+    def __init__(self, plan: Plan, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, edge_port: int) -> None:
+        self.plan = plan
+        self.topology, self.state_dir = plan.topology, state_dir
         self.time_scale, self.latency_scale, self.lag = time_scale, latency_scale, lag
         self.edge_port = edge_port
         self.edge_url = f"http://127.0.0.1:{edge_port}"
@@ -84,12 +85,7 @@ class Supervisor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.moto, endpoint = moto_server.start(self.state_dir / "moto.log")
         self.log(f"embedded AWS (moto server) at {endpoint}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from infra.render import render
-
-            plan = render(self.topology)
-        self.applied = apply(plan, endpoint)
+        self.applied = apply(self.plan, endpoint)
         created = sum(self.applied.created.values())
         self.log(f"applied the Pulumi program: {created} resources created, {sum(self.applied.skipped.values())} with no local meaning")
         for unsupported in self.applied.unsupported:
@@ -281,7 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lag", type=float, default=0.5)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    supervisor = Supervisor(load_stack_file(args.config), Path(args.state), time_scale=args.time_scale,
+    try:
+        # The program itself (infra/__main__.py), with the stack's config as the Pulumi CLI hands it.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from infra.render import RenderError, render_stack
+
+            plan = render_stack(args.config)
+    except RenderError as exc:
+        print(f"supervisor failed: {exc}", flush=True)
+        return 1
+    supervisor = Supervisor(plan, Path(args.state), time_scale=args.time_scale,
                             latency_scale=args.latency_scale, lag=args.lag, edge_port=args.edge_port)
     try:
         supervisor.run()

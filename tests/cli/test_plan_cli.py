@@ -36,3 +36,15 @@ class TestPlan:
         path.write_text("config:\n  meridian:regions: [us-east-1]\n")
         assert main(["plan", "--config", str(path)]) == 2
         assert "at least 2" in capsys.readouterr().err
+
+    def test_for_deploy_stops_without_a_delegated_zone(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """`--for-deploy` runs the program as `pulumi up` does: one line saying what to delegate, exit 2."""
+        assert main(["plan", "--config", str(ROOT / "Pulumi.dev.yaml"), "--for-deploy"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "meridian:hostedZoneId is not set" in err and "NS records" in err
+        assert len(err.splitlines()) == 1
+
+    def test_preview_says_what_up_will_need(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["plan", "--config", str(ROOT / "Pulumi.dev.yaml"), "--json"]) == 0
+        messages = json.loads(capsys.readouterr().out)["messages"]
+        assert any("meridian:hostedZoneId is not set" in m for m in messages)

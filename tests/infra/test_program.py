@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra import layout
-from infra.render import Plan, PlannedResource, render
+from infra.render import Plan, PlannedResource, render_values
 from meridian.topology import Topology, load_topology
 from policy.rules import Res, check
 
@@ -60,10 +60,16 @@ class TestPerRegion:
                 assert got[type_token] == n, f"{region} {type_token}: {got[type_token]} != {n}"
 
     def test_every_resource_has_an_explicit_provider_region(self, prod_plan: Plan) -> None:
-        """No custom resource lands on the default provider; AWS ones sit in stack or control-plane regions."""
+        """No AWS resource lands on the default provider; each sits in a stack or control-plane region.
+        The only other resource is the image build (docker-build), which has no region."""
         allowed = {*prod_plan.topology.regions, layout.DNS_REGION, layout.ACCELERATOR_REGION}
+        others = []
         for r in prod_plan.custom:
-            assert r.region in allowed, f"{r.type} {r.name} is in {r.region}"
+            if r.type.startswith("aws:"):
+                assert r.region in allowed, f"{r.type} {r.name} is in {r.region}"
+            else:
+                others.append(r.type)
+        assert others == ["docker-build:index:Image"]
 
     def test_global_services_use_their_control_plane_providers(self, prod_plan: Plan) -> None:
         for r in prod_plan.custom:
@@ -161,11 +167,10 @@ class TestTables:
         assert tables["meridian-prod-eu-users"].inputs["globalSecondaryIndexes"][0]["name"] == "by-email"
 
     def test_strong_table_uses_mrsc_settings(self) -> None:
-        t = load_topology(
+        plan = render_values(
             {"regions": ["us-east-1", "us-east-2"], "tables": {"orders": {"consistency": "strong", "witnessRegion": "us-west-2"}}},
             stack="mrsc",
         )
-        plan = render(t)
         orders = one(plan, "aws:dynamodb/table:Table", name="meridian-mrsc-global-orders")
         assert orders.inputs["globalTableWitness"] == {"regionName": "us-west-2"}
         assert [r["consistencyMode"] for r in orders.inputs["replicas"]] == ["STRONG"]
@@ -193,15 +198,26 @@ class TestIam:
     def test_lambda_roles_allow_what_their_code_calls(self, prod_plan: Plan) -> None:
         canary = self.policies(prod_plan, "eu-west-1", "replication-canary")["Statement"]
         assert canary[0]["Action"] == sorted(layout.CANARY_TABLE_ACTIONS)
-        auditor = self.policies(prod_plan, "eu-west-1", "conflict-auditor")["Statement"]
-        assert auditor[0]["Action"] == sorted(layout.STREAM_READ_ACTIONS)
-        assert all(r.endswith("/stream/*") for r in auditor[0]["Resource"])
-        assert auditor[1]["Resource"] == [
+        auditor = {s["Sid"]: s for s in self.policies(prod_plan, "eu-west-1", "conflict-auditor")["Statement"]}
+        assert auditor["ReadZoneTableStreams"]["Action"] == sorted(layout.STREAM_READ_ACTIONS)
+        assert all(r.endswith("/stream/*") for r in auditor["ReadZoneTableStreams"]["Resource"])
+        assert auditor["RecordConflictsInZone"]["Resource"] == [
             "arn:aws:dynamodb:eu-west-1:123456789012:table/meridian-prod-eu-conflicts",
             "arn:aws:dynamodb:eu-west-1:123456789012:table/meridian-prod-global-conflicts",
         ]
         evac = self.policies(prod_plan, "eu-west-1", "evacuator")["Statement"]
         assert evac[0]["Action"] == sorted(layout.EVACUATOR_ACCELERATOR_ACTIONS)
+
+    def test_list_streams_has_its_own_statement_on_every_resource(self, prod_plan: Plan) -> None:
+        """dynamodb:ListStreams supports no resource-level permission: alone, on "*"; the other stream
+        actions stay scoped to the region's zone-table streams."""
+        for region in prod_plan.topology.regions:
+            statements = self.policies(prod_plan, region, "conflict-auditor")["Statement"]
+            listing = [s for s in statements if "dynamodb:ListStreams" in s["Action"]]
+            assert listing == [{"Sid": "ListStreams", "Effect": "Allow", "Action": ["dynamodb:ListStreams"], "Resource": ["*"]}]
+            (reading,) = [s for s in statements if "dynamodb:GetRecords" in s["Action"]]
+            assert reading["Action"] == ["dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator"]
+            assert reading["Resource"] and all(r.startswith(f"arn:aws:dynamodb:{region}:") and r.endswith("/stream/*") for r in reading["Resource"])
 
     def test_execution_role_reads_only_its_regional_secret(self, prod_plan: Plan) -> None:
         doc = self.policies(prod_plan, "ap-southeast-1", "execution-secret")
@@ -238,7 +254,7 @@ class TestEdge:
             assert g.inputs["trafficDialPercentage"] == 100 and g.inputs["healthCheckPath"] == "/health/ready"
 
     def test_accelerator_off(self) -> None:
-        plan = render(load_topology({"regions": ["us-east-1", "eu-west-1"], "globalAccelerator": False}, stack="noga"))
+        plan = render_values({"regions": ["us-east-1", "eu-west-1"], "globalAccelerator": False}, stack="noga")
         assert not [r for r in plan.custom if r.type.startswith("aws:globalaccelerator/")]
         assert check([Res(r.type, r.name, r.region, r.inputs) for r in plan.custom], plan.topology.regions) == []
 
@@ -247,7 +263,8 @@ class TestAlarms:
     def test_replication_latency_dimensions(self, prod_plan: Plan) -> None:
         """eu-west-1 sends to eu-central-1 both zones' tables, and to us-east-1 only global ones."""
         alarms = {r.name: r for r in prod_plan.in_region("eu-west-1") if r.type == "aws:cloudwatch/metricAlarm:MetricAlarm"}
-        to_central = alarms["eu-west-1-replication-to-eu-central-1"].inputs["metricQueries"]
+        # 11 tables to eu-central-1 exceed CloudWatch's 10 metrics per alarm: one alarm per zone.
+        to_central = [q for zone in ("eu", "global") for q in alarms[f"eu-west-1-replication-to-eu-central-1-{zone}"].inputs["metricQueries"]]
         dims = [q["metric"]["dimensions"] for q in to_central if q.get("metric")]
         assert {d["ReceivingRegion"] for d in dims} == {"eu-central-1"}
         assert {d["TableName"] for d in dims} >= {"meridian-prod-eu-users", "meridian-prod-global-users", "meridian-prod-directory"}
@@ -301,6 +318,7 @@ class TestComponentOutputs:
             RegionArgs(
                 topology=topology, region="eu-west-1", cidr="10.1.0.0/16", dns_provider=providers["us-east-1"],
                 hosted_zone_id="ZTEST", secret_arn="arn:aws:secretsmanager:eu-west-1:123456789012:secret:x", stream_arns={},
+                image="registry.example/meridian:test",
             ),
             opts=pulumi.ResourceOptions(providers={"aws": providers["eu-west-1"]}),
         )
@@ -319,20 +337,23 @@ POOL = ["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-
 
 
 @st.composite
-def topologies(draw: st.DrawFn) -> Topology:
+def topologies(draw: st.DrawFn) -> dict[str, Any]:
+    """Stack config (as a stack file's ``config:``) of a valid topology."""
     regions = draw(st.lists(st.sampled_from(POOL), min_size=2, max_size=6, unique=True))
     n_zones = draw(st.integers(1, 3))
     zones = {f"z{i}": draw(st.lists(st.sampled_from(regions), min_size=1, max_size=len(regions), unique=True)) for i in range(n_zones)}
-    return load_topology({"regions": regions, "residencyZones": zones}, stack="prop")
+    return {"regions": regions, "residencyZones": zones}
 
 
 class TestProperties:
     @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(topologies())
-    def test_full_set_and_residency(self, topology: Topology) -> None:
+    def test_full_set_and_residency(self, config: dict[str, Any]) -> None:
         """Any valid topology: every region gets its full set, no zone table has a replica outside its zone,
         and the policy rules find nothing."""
-        plan = render(topology)
+        plan = render_values(config, stack="prop")
+        topology = plan.topology
+        assert topology == load_topology(config, stack="prop")
         for region in topology.regions:
             got = counts(plan, region)
             for type_token, n in PER_REGION.items():

@@ -14,13 +14,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from moto import mock_aws
 
+from infra.components.functions import lambda_environment
+from infra.render import render_values
 from lambdas import runtime
 from meridian.evacuation import Dials, plan_evacuation, should_restore
 from meridian.hlc import Timestamp, Version
 from meridian.topology import load_topology
 
-TOPOLOGY = load_topology({"regions": ["us-east-1", "eu-west-1", "eu-central-1"], "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}},
-                         stack="fn")
+CONFIG = {"regions": ["us-east-1", "eu-west-1", "eu-central-1"], "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}}
+TOPOLOGY = load_topology(CONFIG, stack="fn")
 
 
 @dataclass
@@ -33,13 +35,12 @@ class FakeContext:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("MERIDIAN_TOPOLOGY", TOPOLOGY.to_json())
-    monkeypatch.setenv("MERIDIAN_REGION", "eu-west-1")
-    monkeypatch.setenv("MERIDIAN_ACCELERATOR_NAME", "meridian-fn")
+    """The environment the program gives the functions in eu-west-1 (Powertools' service name included)."""
+    for name, value in lambda_environment(TOPOLOGY, "eu-west-1").items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "Meridian/Replication")
     runtime.topology.cache_clear()
     runtime.client.cache_clear()
     yield
@@ -75,8 +76,9 @@ class TestReplicationCanary:
         emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
         names = {m["Name"] for e in emf for d in e["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
         assert {"HeartbeatStalenessSeconds", "ReplicationLagSeconds"} <= names
-        alarm_series = [e for e in emf if e["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["ReceivingRegion"]]]
-        assert alarm_series and alarm_series[0]["ReceivingRegion"] == "eu-west-1"
+        # The worst staleness, without SourceRegion: the series the heartbeat alarm watches (Powertools adds `service`).
+        alarm_series = [e for e in emf if e["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["ReceivingRegion", "service"]]]
+        assert alarm_series and alarm_series[0]["ReceivingRegion"] == "eu-west-1" and alarm_series[0]["service"] == "meridian"
 
 
 def stream_event(table: str, old: dict[str, Any], new: dict[str, Any], seq: str = "111") -> dict[str, Any]:
@@ -262,3 +264,76 @@ class TestRolesMatchCalls:
         allowed = set(layout.EVACUATOR_ACCELERATOR_ACTIONS) | set(layout.EVACUATOR_DISCOVERY_ACTIONS)
         assert calls <= allowed and "globalaccelerator:UpdateEndpointGroup" in calls
         assert allowed - calls == {"cloudwatch:DescribeAlarms"}, "DescribeAlarms is used by the reconcile path"
+
+
+def emitted_series(stdout: str) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """(namespace, metric) -> the dimension sets (name -> value) of every EMF document printed."""
+    out: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for line in stdout.splitlines():
+        if '"CloudWatchMetrics"' not in line:
+            continue
+        doc = json.loads(line)
+        for directive in doc["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                for dims in directive["Dimensions"]:
+                    out.setdefault((directive["Namespace"], metric["Name"]), []).append({d: doc[d] for d in dims})
+    return out
+
+
+class TestAlarmedMetrics:
+    """Every alarm on a metric the Lambdas publish watches a series they actually emit: same namespace, name
+    and exactly the same dimensions (one missing or extra and CloudWatch has no data for the alarm)."""
+
+    def test_alarm_dimensions_equal_emitted_dimensions(
+        self, env: None, make_tables: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import time
+
+        from lambdas.conflict_auditor import handler as auditor
+        from lambdas.evacuator import handler as evacuator
+        from lambdas.replication_canary import handler as canary
+
+        region = "eu-west-1"
+        plan = render_values(CONFIG, stack="fn")
+        assert plan.topology == TOPOLOGY
+        functions = {r.inputs["name"]: r for r in plan.in_region(region) if r.type == "aws:lambda/function:Function"}
+        capsys.readouterr()
+
+        def deployed_env(function: str) -> None:
+            for name, value in functions[f"meridian-fn-{function}"].inputs["environment"]["variables"].items():
+                monkeypatch.setenv(name, value)
+
+        with mock_aws():
+            make_tables(TOPOLOGY, region)
+            client = boto3.client("dynamodb", region_name=region)
+            client.put_item(TableName="meridian-fn-eu-users", Item={"user_id": {"S": "__meridian_heartbeat__#eu-central-1"},
+                            "written_at": {"N": str(int(time.time() * 1000) - 3000)}, "origin_region": {"S": "eu-central-1"}})
+            deployed_env("replication-canary")
+            canary.SEEN.clear()
+            canary.lambda_handler({"source": "aws.events"}, FakeContext())
+            deployed_env("conflict-auditor")
+            old = {"user_id": "u1", "version": v(100, region), "origin_region": region}
+            new = {"user_id": "u1", "version": v(101, "eu-central-1"), "origin_region": "eu-central-1"}
+            auditor.lambda_handler(stream_event("meridian-fn-eu-users", old, new), FakeContext())
+        deployed_env("evacuator")
+        client, stub = ga_stub({"us-east-1": 100, "eu-west-1": 100, "eu-central-1": 100})
+        stub.add_response("update_endpoint_group", {}, {"EndpointGroupArn": f"{LISTENER}/endpoint-group/eu-west-1", "TrafficDialPercentage": 0})
+        with stub:
+            evacuator.handle(alarm_event("ALARM"), dials=Dials(client, "meridian-fn"))
+        emitted = emitted_series(capsys.readouterr().out)
+        assert ("Meridian/Replication", "Conflicts") in emitted and ("Meridian/Replication", "Evacuated") in emitted
+
+        checked = []
+        for alarm in plan.in_region(region):
+            if alarm.type != "aws:cloudwatch/metricAlarm:MetricAlarm":
+                continue
+            watched = [(alarm.inputs.get("namespace"), alarm.inputs.get("metricName"), alarm.inputs.get("dimensions") or {})]
+            watched += [(q["metric"]["namespace"], q["metric"]["metricName"], q["metric"].get("dimensions") or {})
+                        for q in alarm.inputs.get("metricQueries") or [] if q.get("metric")]
+            for namespace, metric, dims in watched:
+                if namespace is None or namespace.startswith("AWS/"):
+                    continue
+                assert (namespace, metric) in emitted, f"{alarm.name} watches {namespace}/{metric}, which no Lambda emits"
+                assert dims in emitted[(namespace, metric)], f"{alarm.name}: {dims} not among emitted {emitted[(namespace, metric)]}"
+                checked.append(alarm.name)
+        assert "eu-west-1-heartbeat-stale" in checked
