@@ -16,7 +16,7 @@ import logging
 import runpy
 import secrets
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,30 +325,4 @@ def render_config(config: StackConfig, *, preview: bool = True, entry_point: Pat
     plan.resources = mocks.resources
     plan.invokes = mocks.invokes
     plan.messages = messages
-    return plan
-
-
-def render(topology: Topology, define: Callable[[Topology], dict[str, Any]] | None = None) -> Plan:
-    """Deprecated side path (calls ``define_stack`` directly); kept only until every caller moved to
-    :func:`render_stack` / :func:`render_values`."""
-    if define is None:
-        from infra.program import define_stack as define
-
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
-    mocks = RecordingMocks()
-    pulumi.runtime.settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project=topology.project, stack=topology.stack, preview=True)
-    plan = Plan(topology=topology)
-
-    @pulumi.runtime.test  # type: ignore[untyped-decorator]
-    def run() -> pulumi.Output[Any]:
-        outputs = define(topology)
-        return pulumi.Output.from_input(outputs).apply(plan.outputs.update)
-
-    run()
-    plan.resources = mocks.resources
-    plan.invokes = mocks.invokes
     return plan

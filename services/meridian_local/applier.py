@@ -15,12 +15,9 @@ from moto: its endpoint groups become the emulated edge's dials.
 
 from __future__ import annotations
 
-import io
 import json
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -32,7 +29,6 @@ from meridian_local.validation import validate_requests
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's signature key for secret values
 NO_RETRIES = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -381,15 +377,13 @@ _ZIP: bytes | None = None
 
 
 def _lambda_zip() -> bytes:
-    """The same two folders the program's AssetArchive packages: the library and the handlers."""
+    """The archive the program deploys: exactly the modules the handlers import, byte-for-byte."""
     global _ZIP
     if _ZIP is None:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-            for folder, prefix in ((REPO_ROOT / "services" / "meridian", "meridian"), (REPO_ROOT / "lambdas", "lambdas")):
-                for path in folder.rglob("*.py"):
-                    z.write(path, f"{prefix}/{path.relative_to(folder)}")
-        _ZIP = buffer.getvalue()
+        from infra.components.functions import LAMBDAS
+        from infra.components.lambda_archive import build_zip, package_files
+
+        _ZIP = build_zip(package_files(LAMBDAS.values()))
     return _ZIP
 
 

@@ -32,7 +32,7 @@ NUMERIC = ("integer", "long", "float", "double")
 _SKIPPED: set[str] = set()
 
 
-class ModelConstraintError(ParamValidationError):
+class ModelConstraintError(ParamValidationError):  # type: ignore[misc]  # botocore ships no types
     """A request breaks the service model in a way botocore itself does not check."""
 
     fmt = "{service} {operation}: {report}"

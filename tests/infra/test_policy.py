@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.components import tables as tables_module
-from infra.render import Plan, render
+from infra.render import Plan, render_stack
 from meridian.topology import Topology
 from policy.__main__ import parse_regions, plain, policy, stack_regions, to_res
 from policy.rules import AWS_LIMIT_RULES, RULES, Res, check
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def rules_hit(resources: list[Res], regions: list[str] | None = None) -> set[str]:
@@ -106,7 +109,7 @@ class TestBrokenProgram:
             return real_table(resource_name, **kw)
 
         monkeypatch.setattr(tables_module.aws.dynamodb, "Table", leaky_table)
-        plan = render(prod)
+        plan = render_stack(ROOT / "Pulumi.prod.yaml")
         violations = check([Res(r.type, r.name, r.region, r.inputs) for r in plan.custom], prod.regions)
         eu = [v for v in violations if v.rule == "zone-table-replicas-in-zone" and "'eu'" in v.message]
         assert len(eu) == 5 and all("us-east-1" in v.message for v in eu)
