@@ -112,7 +112,8 @@ def define_stack(topology: Topology) -> dict[str, Any]:
                 secret_arn=secret.arn.apply(functools.partial(replica_arn, primary=primary, region=region)),
                 stream_arns=tables.streams_in_region(region),
                 shared_validation_fqdns=shared_validation,
-                image=image.uris[region],
+                # A pinned region runs its pin (meridian:release, moved by `meridian rollout`); the others the built image.
+                image=topology.release.pin(region) or image.uris[region],
                 depends_on=[tables],
             ),
             opts=pulumi.ResourceOptions(providers={"aws": providers[region]}),
@@ -137,7 +138,8 @@ def define_stack(topology: Topology) -> dict[str, Any]:
         "serviceImage": image.tag if not topology.sizing.image else topology.sizing.image,
         "apiUrl": f"https://{topology.domain}",
         "regions": {
-            r: {"albDnsName": c.alb_dns_name, "serviceName": c.service_name, "url": f"https://{r}.{topology.domain}"}
+            r: {"albDnsName": c.alb_dns_name, "serviceName": c.service_name, "clusterArn": c.cluster_arn,
+                "url": f"https://{r}.{topology.domain}"}
             for r, c in regions.items()
         },
         "acceleratorDnsName": edge.accelerator_dns_name or "",

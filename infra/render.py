@@ -157,6 +157,9 @@ def computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> tuple[
     elif typ == "aws:lb/targetGroup:TargetGroup":
         suffix = f"targetgroup/{name[:20]}/{_h(name, n=16)}"
         out |= {"arn": f"arn:aws:elasticloadbalancing:{region}:{acct}:{suffix}", "arnSuffix": suffix}
+    elif typ == "aws:lb/listenerRule:ListenerRule":
+        out |= {"arn": f"arn:aws:elasticloadbalancing:{region}:{acct}:listener-rule/app/{name[:20]}/{_h(name, n=16)}/"
+                       f"{_h(name, 'listener', n=16)}/{_h(name, 'rule', n=16)}"}
     elif typ == "aws:acm/certificate:Certificate":
         domains = [inputs["domainName"], *inputs.get("subjectAlternativeNames", [])]
         # ACM gives one validation record per name, the same in every region of an account.

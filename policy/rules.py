@@ -202,6 +202,7 @@ CREATE_TARGET_GROUP = "https://docs.aws.amazon.com/elasticloadbalancing/latest/A
 LB_ATTRIBUTES = "https://docs.aws.amazon.com/elasticloadbalancing/latest/APIReference/API_LoadBalancerAttribute.html"
 DELETE_SECRET = "https://docs.aws.amazon.com/secretsmanager/latest/apireference/API_DeleteSecret.html"
 SCHEDULE_EXPRESSIONS = "https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-scheduled-rule-pattern.html"
+ECS_DEPLOYMENT = "https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_DeploymentConfiguration.html"
 
 #: Pulumi's sentinels for values unknown during a real preview (pulumi_policy.proxy).
 UNKNOWN_SENTINELS = frozenset({
@@ -668,6 +669,39 @@ def schedule_expressions(resources: Sequence[Res], regions: Sequence[str] | None
             yield Violation("schedule-expression", r.name, f"{expr!r}: the unit is singular for 1 and plural otherwise")
 
 
+def ecs_deployments(resources: Sequence[Res], regions: Sequence[str] | None) -> Iterable[Violation]:
+    """ECS DeploymentConfiguration, CanaryConfiguration, LinearConfiguration and AdvancedConfiguration: bake
+    times 0-1440 min, canary 0.1-100 %, linear steps 3-100 %; traffic-shifting strategies need, on every
+    load balancer, an alternate target group, a production listener rule and a role."""
+    rule = "ecs-deployment"
+    for svc in resources:
+        if svc.type != SERVICE:
+            continue
+        config = svc.inputs.get("deploymentConfiguration") or {}
+        strategy = config.get("strategy") or "ROLLING"
+        if _known(strategy) and strategy not in ("ROLLING", "BLUE_GREEN", "CANARY", "LINEAR"):
+            yield Violation(rule, svc.name, f"strategy {strategy!r}; ECS takes ROLLING, BLUE_GREEN, CANARY or LINEAR")
+        canary, linear = config.get("canaryConfiguration") or {}, config.get("linearConfiguration") or {}
+        for where, value in (("bakeTimeInMinutes", config.get("bakeTimeInMinutes")),
+                             ("canaryConfiguration.canaryBakeTimeInMinutes", canary.get("canaryBakeTimeInMinutes")),
+                             ("linearConfiguration.stepBakeTimeInMinutes", linear.get("stepBakeTimeInMinutes"))):
+            minutes = _number(value)
+            if minutes is not None and not 0 <= minutes <= 1440:
+                yield Violation(rule, svc.name, f"{where} {_fmt(minutes)} outside 0..1440 minutes")
+        percent = _number(canary.get("canaryPercent"))
+        if percent is not None and not (0.1 <= percent <= 100 and abs(percent * 10 - round(percent * 10)) < 1e-9):
+            yield Violation(rule, svc.name, f"canaryPercent {_fmt(percent)}; a multiple of 0.1 from 0.1 to 100")
+        step = _number(linear.get("stepPercent"))
+        if step is not None and not 3 <= step <= 100:
+            yield Violation(rule, svc.name, f"stepPercent {_fmt(step)} outside 3..100")
+        if strategy in ("BLUE_GREEN", "CANARY", "LINEAR"):
+            for lb in svc.inputs.get("loadBalancers") or []:
+                advanced = (lb.get("advancedConfiguration") or {}) if isinstance(lb, Mapping) else {}
+                lacking = [k for k in ("alternateTargetGroupArn", "productionListenerRule", "roleArn") if not advanced.get(k)]
+                if lacking:
+                    yield Violation(rule, svc.name, f"{strategy} needs advancedConfiguration {', '.join(lacking)} on its load balancer")
+
+
 AWS_LIMIT_RULES: tuple[Rule, ...] = (
     _limit("alarm-metric-math", "Metric-math alarms: at most 10 metrics and 10 expressions, query ids starting with a lowercase "
            "letter, exactly one returnData.", METRIC_DATA_QUERY, metric_math_alarms),
@@ -695,6 +729,9 @@ AWS_LIMIT_RULES: tuple[Rule, ...] = (
     _limit("secret-recovery-window", "Secret recovery window 7-30 days.", DELETE_SECRET, secret_recovery_window),
     _limit("schedule-expression", "rate() schedules: a positive integer, singular unit for 1, plural otherwise.",
            SCHEDULE_EXPRESSIONS, schedule_expressions),
+    _limit("ecs-deployment", "ECS deployments: bake times 0-1440 min, canary 0.1-100 %, linear steps 3-100 %; "
+           "traffic-shifting strategies have an alternate target group, a production listener rule and a role.",
+           ECS_DEPLOYMENT, ecs_deployments),
 )
 
 

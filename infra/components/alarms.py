@@ -106,7 +106,18 @@ def _expression(query_id: str, expression: str, label: str, *, result: bool = Fa
     return aws.cloudwatch.MetricAlarmMetricQueryArgs(id=query_id, expression=expression, label=label, return_data=result)
 
 
-def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.Function) -> aws.cloudwatch.CompositeAlarm:
+#: p99 of the targets' response time above which a region's release is judged too slow (seconds).
+LATENCY_P99_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RegionAlarms:
+    evacuate: aws.cloudwatch.CompositeAlarm
+    #: what a bad release trips first (5xx rate, p99 latency): ECS rolls a deployment back on these
+    release: tuple[aws.cloudwatch.MetricAlarm, ...]
+
+
+def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.Function) -> RegionAlarms:
     name, topology, region, prefix = scope.name, scope.topology, scope.region, scope.prefix
     alb, target_group = load_balancer.alb, load_balancer.target_group
     lb_dims = {"LoadBalancer": alb.arn_suffix}
@@ -131,6 +142,24 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
             # base is at least the errors: the rate stays within 0-100 when no target is healthy.
             _expression("served", "MAX([FILL(requests, 0), errors])", "responses"),
             _expression("rate", "IF(served > 0, 100 * errors / served, 0)", "5xx %", result=True),
+        ],
+        opts=scope.opts(),
+    )
+    latency = aws.cloudwatch.MetricAlarm(
+        f"{name}-alb-latency-p99",
+        name=f"{prefix}-{region}-alb-latency-p99",
+        alarm_description=f"p99 target response time in this region above {LATENCY_P99_SECONDS:g} s for 3 minutes",
+        comparison_operator="GreaterThanThreshold",
+        threshold=LATENCY_P99_SECONDS,
+        evaluation_periods=3,
+        datapoints_to_alarm=3,
+        # No requests, no data: quiet is not slow.
+        treat_missing_data="notBreaching",
+        # A metric query with the p99 statistic (MetricStat takes percentiles), in the same form as the 5xx
+        # alarm: the local applier and the alarm checks read alarms as single-statistic or metric queries.
+        metric_queries=[
+            _metric("p99", "AWS/ApplicationELB", "TargetResponseTime", lb_dims, stat="p99"),
+            _expression("latency", "p99", "p99 response time (s)", result=True),
         ],
         opts=scope.opts(),
     )
@@ -236,4 +265,4 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
         f"{name}-evacuate-alarm", action="lambda:InvokeFunction", function=evacuator.name,
         principal="lambda.alarms.cloudwatch.amazonaws.com", source_arn=composite.arn, opts=scope.opts(),
     )
-    return composite
+    return RegionAlarms(composite, (five_xx, latency))

@@ -1,5 +1,10 @@
 """One region's entry: the internet-facing ALB (HTTPS, HTTP redirected), its target group and the two
-security groups that say who reaches what (anyone -> ALB on 443/80, ALB -> tasks on the service port)."""
+security groups that say who reaches what (anyone -> ALB on 443/80, ALB -> tasks on the service port).
+
+With a traffic-shifting ECS strategy (``meridian:deploymentStrategy`` BLUE_GREEN, CANARY or LINEAR) it
+also declares what ECS needs to move traffic: an alternate target group and a production listener rule
+forwarding to both groups, whose weights ECS then owns (docs/decisions/0001).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import pulumi_aws as aws
 
 from infra.components.network import Network
 from infra.components.scope import Scope
+from meridian.releases import TRAFFIC_SHIFTING
 
 HEALTH_PATH = "/health/ready"
 
@@ -21,6 +27,10 @@ class LoadBalancer:
     https: aws.lb.Listener
     #: the tasks' security group: only the ALB reaches them
     task_security_group: aws.ec2.SecurityGroup
+    #: traffic-shifting strategies only: the group ECS registers the new revision's tasks in
+    alternate_target_group: aws.lb.TargetGroup | None = None
+    #: traffic-shifting strategies only: the HTTPS rule whose forward weights ECS moves between the groups
+    production_rule: aws.lb.ListenerRule | None = None
 
 
 def security_groups(scope: Scope, *, network: Network, cidr: str) -> tuple[aws.ec2.SecurityGroup, aws.ec2.SecurityGroup]:
@@ -66,18 +76,21 @@ def load_balancer(scope: Scope, *, network: Network, cidr: str, certificate_arn:
         # ("VPC ... has no internet gateway"): nothing in its inputs refers to the gateway, so say it.
         opts=scope.opts(depends_on=network.internet_ready),
     )
-    target_group = aws.lb.TargetGroup(
-        f"{name}-tg",
-        port=topology.sizing.container_port,
-        protocol="HTTP",
-        target_type="ip",
-        vpc_id=network.vpc.id,
-        deregistration_delay=30,
-        health_check=aws.lb.TargetGroupHealthCheckArgs(
-            path=HEALTH_PATH, matcher="200", interval=10, healthy_threshold=2, unhealthy_threshold=2, timeout=5
-        ),
-        opts=scope.opts(),
-    )
+    def group(resource_name: str) -> aws.lb.TargetGroup:
+        return aws.lb.TargetGroup(
+            resource_name,
+            port=topology.sizing.container_port,
+            protocol="HTTP",
+            target_type="ip",
+            vpc_id=network.vpc.id,
+            deregistration_delay=30,
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                path=HEALTH_PATH, matcher="200", interval=10, healthy_threshold=2, unhealthy_threshold=2, timeout=5
+            ),
+            opts=scope.opts(),
+        )
+
+    target_group = group(f"{name}-tg")
     https = aws.lb.Listener(
         f"{name}-https",
         load_balancer_arn=alb.arn,
@@ -101,4 +114,29 @@ def load_balancer(scope: Scope, *, network: Network, cidr: str, certificate_arn:
         ],
         opts=scope.opts(),
     )
-    return LoadBalancer(alb, target_group, https, task_sg)
+    if topology.release.strategy not in TRAFFIC_SHIFTING:
+        return LoadBalancer(alb, target_group, https, task_sg)
+    # ECS registers the new revision in the group that takes no production traffic and shifts the rule's
+    # weights (all at once, canary, or linear steps); identical settings, so either group can be live.
+    alternate = group(f"{name}-tg-alt")
+    production = aws.lb.ListenerRule(
+        f"{name}-production",
+        listener_arn=https.arn,
+        priority=1,
+        conditions=[aws.lb.ListenerRuleConditionArgs(path_pattern=aws.lb.ListenerRuleConditionPathPatternArgs(values=["/*"]))],
+        actions=[
+            aws.lb.ListenerRuleActionArgs(
+                type="forward",
+                forward=aws.lb.ListenerRuleActionForwardArgs(
+                    target_groups=[
+                        aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=target_group.arn, weight=100),
+                        aws.lb.ListenerRuleActionForwardTargetGroupArgs(arn=alternate.arn, weight=0),
+                    ]
+                ),
+            )
+        ],
+        # ECS owns the weights after the first deployment; an `up` that reset them could send production
+        # traffic to the group with no tasks.
+        opts=scope.opts(ignore_changes=["actions"]),
+    )
+    return LoadBalancer(alb, target_group, https, task_sg, alternate, production)

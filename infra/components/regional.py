@@ -74,6 +74,7 @@ class Region(pulumi.ComponentResource):
     alb_dns_name: pulumi.Output[str]
     alb_zone_id: pulumi.Output[str]
     service_name: pulumi.Output[str]
+    cluster_arn: pulumi.Output[str]
     shared_validation_fqdns: list[pulumi.Output[str]]
 
     def __init__(self, name: str, args: RegionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -88,7 +89,8 @@ class Region(pulumi.ComponentResource):
 
         self.network = Network(
             f"{name}-net",
-            NetworkArgs(region=region, cidr=args.cidr, az_names=tuple(sorted(azs.names)[:AZ_COUNT])),
+            NetworkArgs(region=region, cidr=args.cidr, az_names=tuple(sorted(azs.names)[:AZ_COUNT]),
+                        mode=args.topology.network_mode),
             opts=pulumi.ResourceOptions(parent=self),
         )
         cert = certificate(
@@ -96,13 +98,19 @@ class Region(pulumi.ComponentResource):
         )
         self.shared_validation_fqdns = cert.shared_validation_fqdns
         lb = load_balancer(scope, network=self.network, cidr=args.cidr, certificate_arn=cert.validation.certificate_arn)
-        service = fargate_service(scope, network=self.network, load_balancer=lb, secret_arn=args.secret_arn, image=args.container_image)
         fns = functions(scope, stream_arns=args.stream_arns, depends_on=args.depends_on)
-        alarms(scope, load_balancer=lb, evacuator=fns["evacuator"])
+        # Alarms before the service: ECS rolls a deployment back on the region's release alarms.
+        region_alarms = alarms(scope, load_balancer=lb, evacuator=fns["evacuator"])
+        service = fargate_service(
+            scope, network=self.network, load_balancer=lb, secret_arn=args.secret_arn, image=args.container_image,
+            rollback_alarms=region_alarms.release,
+        )
 
         alb = lb.alb
         self.alb_arn, self.alb_dns_name, self.alb_zone_id = alb.arn, alb.dns_name, alb.zone_id
         self.service_name = service.name
+        self.cluster_arn = service.cluster
         self.register_outputs(
-            {"alb_arn": alb.arn, "alb_dns_name": alb.dns_name, "alb_zone_id": alb.zone_id, "service_name": service.name}
+            {"alb_arn": alb.arn, "alb_dns_name": alb.dns_name, "alb_zone_id": alb.zone_id, "service_name": service.name,
+             "cluster_arn": service.cluster}
         )

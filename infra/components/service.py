@@ -1,8 +1,15 @@
-"""One region's Fargate service: cluster, roles, task definition, service behind the ALB, autoscaling."""
+"""One region's Fargate service: cluster, roles, task definition, service behind the ALB, autoscaling.
+
+Releases inside a region are ECS's own (docs/decisions/0001): the service names the region's release
+alarms (5xx rate, p99 latency) with ``rollback`` and keeps the deployment circuit breaker on, so ECS
+rolls a deployment back by itself; ``meridian:deploymentStrategy`` picks ROLLING (default) or a
+traffic-shifting strategy, which adds the load balancer pieces and the role ECS needs to move traffic.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -13,7 +20,8 @@ from infra.components.iam import role_with_policies
 from infra.components.load_balancer import HEALTH_PATH, LoadBalancer
 from infra.components.network import Network
 from infra.components.scope import Scope
-from meridian.topology import Topology
+from meridian.releases import TRAFFIC_SHIFTING
+from meridian.topology import Release, Topology
 
 CONTAINER_NAME = "meridian"
 #: The task's only writable path: the root filesystem is read-only. A Fargate bind mount with no host is
@@ -71,6 +79,32 @@ def container_definition(*, topology: Topology, region: str, image: str, log_gro
     }
 
 
+#: Share of production traffic a CANARY deployment sends to the new revision first (ECS: 0.1-100).
+CANARY_PERCENT = 10.0
+#: Share of production traffic each LINEAR step moves (ECS: 3-100).
+LINEAR_STEP_PERCENT = 25.0
+#: AWS's managed policy for the role ECS assumes to move traffic between target groups.
+ECS_LOAD_BALANCER_POLICY = "AmazonECSInfrastructureRolePolicyForLoadBalancers"
+
+
+def deployment_configuration(release: Release) -> aws.ecs.ServiceDeploymentConfigurationArgs:
+    """The strategy ECS deploys with. ROLLING computes its own bake time from the alarms; the
+    traffic-shifting strategies bake ``meridian:bakeMinutes`` after the shift (and at each step)."""
+    if release.strategy not in TRAFFIC_SHIFTING:
+        return aws.ecs.ServiceDeploymentConfigurationArgs(strategy=release.strategy)
+    bake = str(release.bake_minutes)
+    return aws.ecs.ServiceDeploymentConfigurationArgs(
+        strategy=release.strategy,
+        bake_time_in_minutes=bake,
+        canary_configuration=aws.ecs.ServiceDeploymentConfigurationCanaryConfigurationArgs(
+            canary_percent=CANARY_PERCENT, canary_bake_time_in_minutes=bake
+        ) if release.strategy == "CANARY" else None,
+        linear_configuration=aws.ecs.ServiceDeploymentConfigurationLinearConfigurationArgs(
+            step_percent=LINEAR_STEP_PERCENT, step_bake_time_in_minutes=bake
+        ) if release.strategy == "LINEAR" else None,
+    )
+
+
 def fargate_service(
     scope: Scope,
     *,
@@ -78,7 +112,11 @@ def fargate_service(
     load_balancer: LoadBalancer,
     secret_arn: pulumi.Input[str],
     image: pulumi.Input[str],
+    rollback_alarms: Sequence[aws.cloudwatch.MetricAlarm],
 ) -> aws.ecs.Service:
+    """``rollback_alarms``: the region's alarms whose ALARM fails a deployment (ECS then rolls it back)."""
+    if not rollback_alarms:
+        raise ValueError(f"{scope.region}: the service needs at least one alarm to roll a bad deployment back on")
     name, topology, region, sizing = scope.name, scope.topology, scope.region, scope.topology.sizing
     log_group = aws.cloudwatch.LogGroup(
         f"{name}-service-logs",
@@ -127,6 +165,31 @@ def fargate_service(
         # Tasks start with these roles: their permissions must exist first, not only the roles.
         opts=scope.opts(depends_on=[*execution.grants, *task.grants]),
     )
+    advanced: aws.ecs.ServiceLoadBalancerAdvancedConfigurationArgs | None = None
+    waits_for: list[pulumi.Resource] = [load_balancer.https]
+    if topology.release.strategy in TRAFFIC_SHIFTING:
+        if load_balancer.alternate_target_group is None or load_balancer.production_rule is None:
+            raise ValueError(f"{region}: {topology.release.strategy} needs an alternate target group and a production listener rule")
+        pulumi.log.warn(
+            f"{region}: meridian:deploymentStrategy {topology.release.strategy} shifts traffic between two target groups; the "
+            "healthy-host alarms (and so the evacuation) and the request-count scaling watch the first group only. "
+            "See docs/decisions/0001-ecs-rolling-with-alarm-rollback.md",
+        )
+        ecs_role = role_with_policies(scope, f"{name}-ecs-infrastructure", "ecs.amazonaws.com", {})
+        ecs_role.grants.append(
+            aws.iam.RolePolicyAttachment(
+                f"{name}-ecs-infrastructure",
+                role=ecs_role.role.name,
+                policy_arn=scope.partition.apply(lambda p: f"arn:{p}:iam::aws:policy/{ECS_LOAD_BALANCER_POLICY}"),
+                opts=scope.opts(),
+            )
+        )
+        advanced = aws.ecs.ServiceLoadBalancerAdvancedConfigurationArgs(
+            alternate_target_group_arn=load_balancer.alternate_target_group.arn,
+            production_listener_rule=load_balancer.production_rule.arn,
+            role_arn=ecs_role.role.arn,
+        )
+        waits_for += [load_balancer.production_rule, *ecs_role.grants]
     service = aws.ecs.Service(
         f"{name}-service",
         name=f"{scope.prefix}-service",
@@ -139,17 +202,23 @@ def fargate_service(
         ),
         load_balancers=[
             aws.ecs.ServiceLoadBalancerArgs(
-                target_group_arn=load_balancer.target_group.arn, container_name=CONTAINER_NAME, container_port=sizing.container_port
+                target_group_arn=load_balancer.target_group.arn, container_name=CONTAINER_NAME, container_port=sizing.container_port,
+                advanced_configuration=advanced,
             )
         ],
+        deployment_configuration=deployment_configuration(topology.release),
+        # Either fails a deployment and rolls it back: tasks that never get healthy (circuit breaker), or
+        # healthy-looking tasks that answer 5xx or slowly (the region's alarms).
         deployment_circuit_breaker=aws.ecs.ServiceDeploymentCircuitBreakerArgs(enable=True, rollback=True),
+        alarms=aws.ecs.ServiceAlarmsArgs(alarm_names=[a.name for a in rollback_alarms], enable=True, rollback=True),
         deployment_minimum_healthy_percent=100,
         deployment_maximum_percent=200,
         health_check_grace_period_seconds=30,
         propagate_tags="SERVICE",
         enable_execute_command=False,
-        # The target group is attached through the listener; without this, creation races it.
-        opts=scope.opts(depends_on=[load_balancer.https], ignore_changes=["desiredCount"]),
+        # The target group is attached through the listener; without this, creation races it. The alarms
+        # are named by their outputs, so the service also waits for them.
+        opts=scope.opts(depends_on=waits_for, ignore_changes=["desiredCount"]),
     )
     autoscaling(scope, service=service, load_balancer=load_balancer)
     return service

@@ -23,6 +23,7 @@ __all__ = [
     "MRSC_REGION_SETS",
     "Index",
     "KeyAttribute",
+    "Release",
     "Routing",
     "Sizing",
     "TableSpec",
@@ -65,6 +66,9 @@ def known_regions() -> frozenset[str]:
 KeyType = Literal["S", "N", "B"]
 Consistency = Literal["eventual", "strong"]
 Scope = Literal["zone", "global"]
+NetworkMode = Literal["ha", "lean"]
+#: ``meridian:networkMode`` values; ``ha`` is today's layout (and the default).
+NETWORK_MODES: tuple[NetworkMode, ...] = ("ha", "lean")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -155,6 +159,24 @@ class Routing:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Release:
+    """How a release reaches the regions (docs/releases.md). Deploy-time only: left out of the serialized
+    topology the tasks and Lambdas read, so that a pin moving in one region changes no other region."""
+
+    #: ECS deployment strategy of every region's service: ROLLING | BLUE_GREEN | CANARY | LINEAR
+    strategy: str = "ROLLING"
+    #: minutes a wave bakes with its alarms OK before the next wave (and ECS's bake time, traffic-shifting strategies)
+    bake_minutes: int = 10
+    #: the region that receives a release first; empty: the least loaded one
+    canary_region: str = ""
+    #: region -> the image it runs, by digest (REPO@sha256:...); a region without a pin runs the built image
+    pins: Mapping[str, str] = field(default_factory=dict)
+
+    def pin(self, region: str) -> str | None:
+        return self.pins.get(region)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Topology:
     project: str
     stack: str
@@ -169,6 +191,10 @@ class Topology:
     home_regions: Mapping[str, str] = field(default_factory=dict)
     #: the region that owns the session-key secret (replicated to the others)
     primary_region: str = ""
+    #: strategy, bake time and per-region pins of releases (not serialized: see :class:`Release`)
+    release: Release = field(default_factory=Release)
+    #: ``ha``: a NAT gateway and interface endpoints in every AZ; ``lean``: one NAT gateway, no interface endpoints
+    network_mode: NetworkMode = "ha"
 
     # -- lookups -------------------------------------------------------------------------------------
     @property
@@ -234,7 +260,10 @@ class Topology:
 
     # -- serialization -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """What the service and the Lambdas read (``MERIDIAN_TOPOLOGY``): everything but ``release``, whose
+        pins differ per region and would otherwise change every region's task definition at once."""
         plain: dict[str, Any] = _to_plain(self)
+        plain.pop("release", None)
         return plain
 
     def to_json(self) -> str:
@@ -300,6 +329,7 @@ def _topology_from_plain(data: Mapping[str, Any]) -> Topology:
         routing=Routing(**{**data["routing"], "traffic_dials": dict(data["routing"]["traffic_dials"])}),
         home_regions=dict(data.get("home_regions", {})),
         primary_region=data.get("primary_region", ""),
+        network_mode=data.get("network_mode", "ha"),
     )
 
 
@@ -335,6 +365,11 @@ CONFIG_KEYS: dict[str, tuple[str, Any, str]] = {
     "tables": ("object", {}, "Per-table overrides: {table: {consistency: eventual|strong, witnessRegion: region}}."),
     "homeRegions": ("object", {}, "Zone -> region that declares its global tables (default: the zone's alphabetically first region)."),
     "primaryRegion": ("string", "", "Region of the session-key secret (default: the home region of the all-regions zone)."),
+    "networkMode": ("string", "ha", "ha: a NAT gateway and interface endpoints per AZ; lean: one NAT gateway per region, no interface endpoints."),
+    "deploymentStrategy": ("string", Release.strategy, "ECS deployment strategy in each region: ROLLING, BLUE_GREEN, CANARY or LINEAR."),
+    "bakeMinutes": ("integer", Release.bake_minutes, "Minutes a release bakes in a wave, its alarms OK, before the next wave (0-1440)."),
+    "canaryRegion": ("string", "", "Region that receives a release first (default: the least loaded region)."),
+    "release": ("object", {}, "Region -> the image it runs, pinned by digest (REPO@sha256:...); unpinned regions run the built image."),
 }
 
 _TABLE_OVERRIDE_KEYS = {"consistency", "witnessRegion"}
@@ -390,6 +425,10 @@ def load_topology(config: Mapping[str, Any], *, project: str = "meridian", stack
     primary = _str(get, "primaryRegion")
     if primary and primary not in regions:
         raise TopologyError(f"meridian:primaryRegion is {primary!r}, which is not in meridian:regions")
+    release = _release(get, regions)
+    network_mode = _str(get, "networkMode")
+    if network_mode not in NETWORK_MODES:
+        raise TopologyError(f"meridian:networkMode is {network_mode!r}; use {' or '.join(NETWORK_MODES)}")
     return Topology(
         project=project,
         stack=stack,
@@ -402,7 +441,34 @@ def load_topology(config: Mapping[str, Any], *, project: str = "meridian", stack
         routing=routing,
         home_regions=home_regions,
         primary_region=primary,
+        network_mode=network_mode,
+        release=release,
     )
+
+
+def _release(get: Mapping[str, Any], regions: tuple[str, ...]) -> Release:
+    """``meridian:deploymentStrategy``, ``bakeMinutes``, ``canaryRegion`` and ``release`` (the pins)."""
+    from meridian.releases import MAX_BAKE_MINUTES, STRATEGIES, reference_problem
+
+    strategy = _str(get, "deploymentStrategy").strip().upper()
+    if strategy not in STRATEGIES:
+        raise TopologyError(f"meridian:deploymentStrategy is {get['deploymentStrategy']!r}; use {', '.join(STRATEGIES)}")
+    bake = _int(get, "bakeMinutes")
+    if not 0 <= bake <= MAX_BAKE_MINUTES:
+        raise TopologyError(f"meridian:bakeMinutes is {bake}; ECS takes bake times of 0 to {MAX_BAKE_MINUTES} minutes")
+    canary = _str(get, "canaryRegion")
+    if canary and canary not in regions:
+        raise TopologyError(f"meridian:canaryRegion is {canary!r}, which is not in meridian:regions")
+    pins = get["release"]
+    if not isinstance(pins, Mapping):
+        raise TopologyError("meridian:release must be a map of region -> image reference by digest (REPO@sha256:...)")
+    for region, reference in pins.items():
+        if region not in regions:
+            raise TopologyError(f"meridian:release pins region {region!r}, which is not in meridian:regions")
+        problem = reference_problem(reference)
+        if problem:
+            raise TopologyError(f"meridian:release.{region}: {problem}")
+    return Release(strategy=strategy, bake_minutes=bake, canary_region=canary, pins=dict(pins))
 
 
 def _home_regions(value: Any, zones: tuple[Zone, ...]) -> dict[str, str]:

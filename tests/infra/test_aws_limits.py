@@ -61,7 +61,7 @@ class TestEveryRule:
             "alarm-metric-math", "alarm-evaluation", *(s.rule for s in NAME_SPECS), "lambda-environment-size",
             "lambda-environment-keys", "lambda-settings", "stream-event-source", "accelerator-endpoint-group",
             "route53-health-check", "fargate-task-size", "target-group-health-check", "alb-idle-timeout", "log-retention",
-            "secret-recovery-window", "schedule-expression",
+            "secret-recovery-window", "schedule-expression", "ecs-deployment",
         }
         assert {r.name for r in AWS_LIMIT_RULES} == tested
 
@@ -353,6 +353,47 @@ class TestServiceLimits:
     def test_schedule_expression(self, expr: str, ok: bool) -> None:
         rule = Res("aws:cloudwatch/eventRule:EventRule", "r", "eu-west-1", {"scheduleExpression": expr})
         assert (violations("schedule-expression", rule) == []) is ok
+
+
+def ecs_service(config: dict[str, Any], *, advanced: dict[str, str] | None = None) -> Res:
+    lb: dict[str, Any] = {"targetGroupArn": "arn:tg", "containerName": "meridian", "containerPort": 8080}
+    if advanced is not None:
+        lb["advancedConfiguration"] = advanced
+    return Res("aws:ecs/service:Service", "eu-west-1-service", "eu-west-1", {"deploymentConfiguration": config, "loadBalancers": [lb]})
+
+
+class TestEcsDeployments:
+    ADVANCED = {"alternateTargetGroupArn": "arn:tg-alt", "productionListenerRule": "arn:rule", "roleArn": "arn:role"}
+
+    def test_good_configurations_pass(self) -> None:
+        """ROLLING alone, and each traffic-shifting strategy with its companions and values in range."""
+        assert violations("ecs-deployment", ecs_service({"strategy": "ROLLING"})) == []
+        for config in ({"strategy": "BLUE_GREEN", "bakeTimeInMinutes": "1440"},
+                       {"strategy": "CANARY", "bakeTimeInMinutes": "0", "canaryConfiguration": {"canaryPercent": 0.1, "canaryBakeTimeInMinutes": "10"}},
+                       {"strategy": "LINEAR", "linearConfiguration": {"stepPercent": 3.0, "stepBakeTimeInMinutes": "5"}}):
+            assert violations("ecs-deployment", ecs_service(config, advanced=self.ADVANCED)) == [], config
+
+    @pytest.mark.parametrize(("config", "why"), [
+        ({"strategy": "BLUE_GREEN", "bakeTimeInMinutes": "1441"}, "bakeTimeInMinutes 1441"),
+        ({"strategy": "CANARY", "canaryConfiguration": {"canaryPercent": 0.05}}, "canaryPercent 0.05"),
+        ({"strategy": "CANARY", "canaryConfiguration": {"canaryPercent": 10.05}}, "multiple of 0.1"),
+        ({"strategy": "CANARY", "canaryConfiguration": {"canaryBakeTimeInMinutes": "-1"}}, "canaryBakeTimeInMinutes -1"),
+        ({"strategy": "LINEAR", "linearConfiguration": {"stepPercent": 2.5}}, "stepPercent 2.5"),
+        ({"strategy": "LINEAR", "linearConfiguration": {"stepBakeTimeInMinutes": "2000"}}, "stepBakeTimeInMinutes 2000"),
+        ({"strategy": "RECREATE"}, "'RECREATE'"),
+    ])
+    def test_out_of_range(self, config: dict[str, Any], why: str) -> None:
+        """Each of ECS's documented ranges (API_DeploymentConfiguration, CanaryConfiguration, LinearConfiguration)."""
+        found = violations("ecs-deployment", ecs_service(config, advanced=self.ADVANCED))
+        assert found and any(why in v.message for v in found), found
+
+    @pytest.mark.parametrize("strategy", ["BLUE_GREEN", "CANARY", "LINEAR"])
+    def test_traffic_shifting_needs_its_companions(self, strategy: str) -> None:
+        """Without an alternate target group, a production listener rule and a role, ECS cannot shift traffic."""
+        (v,) = violations("ecs-deployment", ecs_service({"strategy": strategy}))
+        assert "alternateTargetGroupArn, productionListenerRule, roleArn" in v.message
+        (v,) = violations("ecs-deployment", ecs_service({"strategy": strategy}, advanced={**self.ADVANCED, "roleArn": ""}))
+        assert v.message.endswith("advancedConfiguration roleArn on its load balancer")
 
 
 class TestRealPlans:
