@@ -14,6 +14,7 @@ Pure Python, no Pulumi: the program, the tests and the local run can all build i
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import os
@@ -51,6 +52,13 @@ def module_path(module: str, roots: Mapping[str, Path] = PACKAGE_ROOTS) -> Path 
 
 def _imported_names(path: Path, module: str) -> set[str]:
     """Every module name ``path`` imports, anywhere in the file (lazy imports in functions included)."""
+    stat = path.stat()
+    return set(_parsed_imports(path, module, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed_imports(path: Path, module: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Parsing is the costly part and every region packages the same files: once per file version."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
@@ -67,7 +75,7 @@ def _imported_names(path: Path, module: str) -> set[str]:
             names.add(base)
             # `from pkg import sub` may name a submodule: keep the candidate, it is dropped if no file exists.
             names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
-    return names
+    return frozenset(names)
 
 
 def _with_parents(module: str) -> list[str]:
