@@ -43,8 +43,8 @@ def rtt_ms(a: str, b: str) -> float:
     known = _RTT.get(frozenset((a, b)))
     if known is not None:
         return known
-    pair = tuple(sorted((_continent(a), _continent(b))))
-    return float(_CONTINENT_RTT.get(pair, 150))  # type: ignore[call-overload]
+    first, second = sorted((_continent(a), _continent(b)))
+    return float(_CONTINENT_RTT.get((first, second), 150))
 
 
 def nearest(origin: str, candidates: Iterable[str]) -> list[str]:

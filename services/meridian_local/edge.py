@@ -51,7 +51,7 @@ class Edge:
     def __init__(self, regions: dict[str, str], *, dials: dict[str, int], health: dict[str, dict[str, Any]],
                  time_scale: float = 1.0, latency_scale: float = 1.0, default_client: str | None = None) -> None:
         self.regions = {r: RegionState(url=u, dial=dials.get(r, 100)) for r, u in regions.items()}
-        any_health = next(iter(health.values()), {"path": "/health/ready", "interval": 30, "threshold": 3})
+        any_health: dict[str, Any] = next(iter(health.values()), {"path": "/health/ready", "interval": 30, "threshold": 3})
         self.path = str(any_health["path"])
         self.interval = float(any_health["interval"]) * time_scale
         self.threshold = int(any_health["threshold"])

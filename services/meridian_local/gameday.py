@@ -328,11 +328,11 @@ class Checks:
 
         residency = []
         for (table, region), items in replicas.items():
-            zone = next((z for z in self.zones if f"-{z}-" in table), None)
-            if zone is not None and region not in self.zones[zone]:
-                residency.append(f"table {table} exists in {region}, outside zone {zone}")
+            table_zone = next((z for z in self.zones if f"-{z}-" in table), None)
+            if table_zone is not None and region not in self.zones[table_zone]:
+                residency.append(f"table {table} exists in {region}, outside zone {table_zone}")
             for item in items:
-                if "zone" in item and not table.endswith("-directory") and zone is not None and item["zone"] != zone:
+                if "zone" in item and not table.endswith("-directory") and table_zone is not None and item["zone"] != table_zone:
                     residency.append(f"{table}@{region} holds an item of zone {item['zone']}")
                 if "zone" in item and region not in self.zones.get(str(item["zone"]), []) and not table.endswith("-directory"):
                     residency.append(f"{table}@{region} holds {item.get('user_id')} of zone {item['zone']}")

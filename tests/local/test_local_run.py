@@ -25,6 +25,7 @@ STACK = """config:
   meridian:regions: [us-east-1, eu-west-1, eu-central-1]
   meridian:residencyZones:
     eu: [eu-west-1, eu-central-1]
+  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
   meridian:healthCheckInterval: 10
   meridian:failureThreshold: 2
 """
