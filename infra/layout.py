@@ -39,6 +39,8 @@ STREAM_READ_ACTIONS = (
 STREAM_LIST_ACTIONS = ("dynamodb:ListStreams",)
 AUDITOR_TABLE_ACTIONS = ("dynamodb:PutItem",)
 EVACUATOR_ACCELERATOR_ACTIONS = ("globalaccelerator:UpdateEndpointGroup",)
+#: The evacuation records live in the directory global table (meridian.evacuation.Records).
+EVACUATOR_RECORD_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem")
 EVACUATOR_DISCOVERY_ACTIONS = (
     "globalaccelerator:ListAccelerators",
     "globalaccelerator:ListEndpointGroups",
@@ -165,7 +167,8 @@ def auditor_policy(topology: Topology, region: str, *, partition: str, account: 
     )
 
 
-def evacuator_policy(*, partition: str, account: str) -> dict[str, Any]:
+def evacuator_policy(topology: Topology, region: str, *, partition: str, account: str) -> dict[str, Any]:
+    directory = topology.table_name("directory", topology.global_zone.name)
     return policy(
         allow(
             "DialThisStacksEndpointGroups",
@@ -174,6 +177,9 @@ def evacuator_policy(*, partition: str, account: str) -> dict[str, Any]:
         ),
         # List and Describe calls of Global Accelerator and CloudWatch alarms support no resource scoping.
         allow("DiscoverAcceleratorAndAlarms", EVACUATOR_DISCOVERY_ACTIONS, ["*"]),
+        # The evacuation records: this region's replica of the directory table only. The Evacuated metric
+        # goes out as EMF through the function's own log group (no cloudwatch:PutMetricData).
+        allow("EvacuationRecords", EVACUATOR_RECORD_ACTIONS, [table_arn(partition, region, account, directory)]),
     )
 
 

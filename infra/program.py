@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import layout
+from infra.components.dashboard import Dashboard, DashboardArgs, RegionInputs
 from infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
 from infra.components.image import ServiceImage, ServiceImageArgs
 from infra.components.regional import Region, RegionArgs
@@ -126,20 +127,31 @@ def define_stack(topology: Topology) -> dict[str, Any]:
             topology=topology,
             hosted_zone_id=hosted_zone_id,
             endpoints={
-                r: RegionEndpoint(alb_arn=c.alb_arn, alb_dns_name=c.alb_dns_name, alb_zone_id=c.alb_zone_id)
+                r: RegionEndpoint(alb_arn=c.alb_arn, alb_dns_name=c.alb_dns_name, alb_zone_id=c.alb_zone_id,
+                                  evacuation_alarm_name=c.evacuation_alarm_name)
                 for r, c in regions.items()
             },
             dns_provider=dns,
             accelerator_provider=providers[layout.ACCELERATOR_REGION],
         ),
     )
+    dashboard = Dashboard(
+        "dashboard",
+        DashboardArgs(
+            topology=topology,
+            provider=dns,
+            regions={r: RegionInputs(alb_arn_suffix=c.alb_arn_suffix, alarm_arns=c.key_alarm_arns) for r, c in regions.items()},
+            serving_check_ids=edge.serving_check_ids,
+        ),
+    )
     return {
         "hostedZoneId": hosted_zone_id,
+        "dashboardUrl": dashboard.url,
         "serviceImage": image.tag if not topology.sizing.image else topology.sizing.image,
         "apiUrl": f"https://{topology.domain}",
         "regions": {
             r: {"albDnsName": c.alb_dns_name, "serviceName": c.service_name, "clusterArn": c.cluster_arn,
-                "url": f"https://{r}.{topology.domain}"}
+                "url": f"https://{r}.{topology.domain}", "alarmTopicArn": c.alarm_topic_arn}
             for r, c in regions.items()
         },
         "acceleratorDnsName": edge.accelerator_dns_name or "",

@@ -219,6 +219,12 @@ def computed(typ: str, name: str, inputs: dict[str, Any], region: str) -> tuple[
     elif typ in ("aws:cloudwatch/metricAlarm:MetricAlarm", "aws:cloudwatch/compositeAlarm:CompositeAlarm"):
         alarm = inputs.get("name") or inputs.get("alarmName")
         out |= {"arn": f"arn:aws:cloudwatch:{region}:{acct}:alarm:{alarm}"}
+    elif typ == "aws:sns/topic:Topic":
+        out |= {"arn": f"arn:aws:sns:{region}:{acct}:{given}"}
+    elif typ == "aws:kms/key:Key":
+        key_id = f"{_h(name, n=8)}-{_h(name, 'b', n=4)}-{_h(name, 'c', n=4)}-{_h(name, 'd', n=4)}-{_h(name, 'e', n=12)}"
+        out |= {"arn": f"arn:aws:kms:{region}:{acct}:key/{key_id}", "keyId": key_id}
+        rid = key_id
     elif typ == "aws:cloudwatch/logGroup:LogGroup":
         out |= {"arn": f"arn:aws:logs:{region}:{acct}:log-group:{given}"}
     elif typ == "aws:globalaccelerator/accelerator:Accelerator":

@@ -1,6 +1,7 @@
 """One region's alarms: ALB 5xx rate and healthy hosts (together: evacuate the region), DynamoDB
-replication latency to each peer and throttles, the replication heartbeat, and the composite alarm that
-invokes the evacuator.
+replication latency to each peer and throttles, the replication heartbeat, the conflict rate, the
+composite alarm that invokes the evacuator, and the evacuation flag that Route 53 watches. Every alarm
+notifies the region's alarm topic on ALARM and OK (``alarm_actions`` and ``ok_actions``), besides its own actions.
 
 CloudWatch refuses a metric-math alarm with more than 10 metrics (PutMetricAlarm: up to 20 queries, at
 most 10 with a MetricStat and 10 expressions, one returning data) and any query id that does not start
@@ -19,6 +20,7 @@ import pulumi_aws as aws
 from infra.components.functions import METRICS_NAMESPACE, POWERTOOLS_SERVICE
 from infra.components.load_balancer import LoadBalancer
 from infra.components.scope import Scope
+from meridian.evacuation import EVACUATED_METRIC, EVACUATION_NAMESPACE, alarm_name, metric_dimensions
 from meridian.topology import Topology
 
 #: CloudWatch's hard limit of metrics (MetricStat queries) in one metric-math alarm.
@@ -90,6 +92,11 @@ def heartbeat_dimensions(region: str) -> dict[str, str]:
     return {"ReceivingRegion": region, "service": POWERTOOLS_SERVICE}
 
 
+def conflict_dimensions(region: str) -> dict[str, str]:
+    """The dimensions of the conflict count the auditor emits in ``region`` (Powertools adds ``service``)."""
+    return {"Region": region, "service": POWERTOOLS_SERVICE}
+
+
 def _metric(
     query_id: str, namespace: str, metric: str, dimensions: Mapping[str, pulumi.Input[str]], *, stat: str = "Sum"
 ) -> aws.cloudwatch.MetricAlarmMetricQueryArgs:
@@ -115,10 +122,15 @@ class RegionAlarms:
     evacuate: aws.cloudwatch.CompositeAlarm
     #: what a bad release trips first (5xx rate, p99 latency): ECS rolls a deployment back on these
     release: tuple[aws.cloudwatch.MetricAlarm, ...]
+    #: ALARM while the region is evacuated: Route 53's CLOUDWATCH_METRIC health check watches it
+    evacuated: aws.cloudwatch.MetricAlarm
+    conflicts: aws.cloudwatch.MetricAlarm
 
 
-def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.Function) -> RegionAlarms:
+def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.Function, topic: aws.sns.Topic) -> RegionAlarms:
     name, topology, region, prefix = scope.name, scope.topology, scope.region, scope.prefix
+    # Every alarm below notifies the region's topic on ALARM and OK (a test checks each one in both plans).
+    notify = [topic.arn]
     alb, target_group = load_balancer.alb, load_balancer.target_group
     lb_dims = {"LoadBalancer": alb.arn_suffix}
     five_xx = aws.cloudwatch.MetricAlarm(
@@ -143,6 +155,8 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
             _expression("served", "MAX([FILL(requests, 0), errors])", "responses"),
             _expression("rate", "IF(served > 0, 100 * errors / served, 0)", "5xx %", result=True),
         ],
+        alarm_actions=notify,
+        ok_actions=notify,
         opts=scope.opts(),
     )
     latency = aws.cloudwatch.MetricAlarm(
@@ -161,6 +175,8 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
             _metric("p99", "AWS/ApplicationELB", "TargetResponseTime", lb_dims, stat="p99"),
             _expression("latency", "p99", "p99 response time (s)", result=True),
         ],
+        alarm_actions=notify,
+        ok_actions=notify,
         opts=scope.opts(),
     )
     tg_dims = {"LoadBalancer": alb.arn_suffix, "TargetGroup": target_group.arn_suffix}
@@ -177,6 +193,8 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
         comparison_operator="LessThanThreshold",
         threshold=topology.sizing.min_count,
         treat_missing_data="breaching",
+        alarm_actions=notify,
+        ok_actions=notify,
         opts=scope.opts(),
     )
     aws.cloudwatch.MetricAlarm(
@@ -191,6 +209,8 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
         evaluation_periods=3,
         comparison_operator="GreaterThanThreshold",
         threshold=0,
+        alarm_actions=notify,
+        ok_actions=notify,
         opts=scope.opts(),
     )
     # DynamoDB publishes ReplicationLatency in the region that sends, one series per receiving region.
@@ -212,6 +232,8 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
                 evaluation_periods=5,
                 treat_missing_data="notBreaching",
                 metric_queries=queries,
+                alarm_actions=notify,
+                ok_actions=notify,
                 opts=scope.opts(),
             )
     for group in throttle_groups(topology, region):
@@ -233,6 +255,8 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
             evaluation_periods=3,
             treat_missing_data="notBreaching",
             metric_queries=throttle_queries,
+            alarm_actions=notify,
+            ok_actions=notify,
             opts=scope.opts(),
         )
     aws.cloudwatch.MetricAlarm(
@@ -250,19 +274,67 @@ def alarms(scope: Scope, *, load_balancer: LoadBalancer, evacuator: aws.lambda_.
         comparison_operator="GreaterThanThreshold",
         threshold=180,
         treat_missing_data="breaching",
+        alarm_actions=notify,
+        ok_actions=notify,
         opts=scope.opts(),
     )
     composite = aws.cloudwatch.CompositeAlarm(
         f"{name}-evacuate",
         alarm_name=f"{prefix}-{region}-evacuate",
-        alarm_description="5xx rate high and healthy tasks low: evacuate this region (dial to 0)",
+        alarm_description="5xx rate high and healthy tasks low: evacuate this region (both entry points)",
         alarm_rule=pulumi.Output.concat("ALARM(\"", five_xx.name, "\") AND ALARM(\"", unhealthy.name, "\")"),
-        alarm_actions=[evacuator.arn],
-        ok_actions=[evacuator.arn],
+        alarm_actions=[evacuator.arn, topic.arn],
+        ok_actions=[evacuator.arn, topic.arn],
         opts=scope.opts(),
     )
     aws.lambda_.Permission(
         f"{name}-evacuate-alarm", action="lambda:InvokeFunction", function=evacuator.name,
         principal="lambda.alarms.cloudwatch.amazonaws.com", source_arn=composite.arn, opts=scope.opts(),
     )
-    return RegionAlarms(composite, (five_xx, latency))
+    # The evacuation flag: ALARM while the region's evacuation record says evacuated (the evacuator publishes
+    # the record as this metric every minute; `meridian evacuate` at once). Route 53 reads it through a
+    # CLOUDWATCH_METRIC health check (edge.py), so it stays within what Route 53 documents as supported
+    # (AlarmIdentifier): a standard-resolution metric and a plain statistic (Maximum), no extended statistic.
+    # Beyond that, the simplest alarm there is: one metric, no metric math, one datapoint of one period.
+    # Missing data keeps the state (ignore): an evacuator that stops publishing does not end an evacuation.
+    evacuated = aws.cloudwatch.MetricAlarm(
+        f"{name}-evacuated",
+        name=alarm_name(topology, region),
+        alarm_description="ALARM: this region is evacuated (its record in the directory table says so); Route 53 "
+        "withdraws it from the latency name. Ends only with its record: the evacuator's own restore or `meridian restore`.",
+        namespace=EVACUATION_NAMESPACE,
+        metric_name=EVACUATED_METRIC,
+        dimensions=metric_dimensions(region),
+        statistic="Maximum",
+        period=60,
+        evaluation_periods=1,
+        datapoints_to_alarm=1,
+        comparison_operator="GreaterThanOrEqualToThreshold",
+        threshold=1,
+        treat_missing_data="ignore",
+        alarm_actions=notify,
+        ok_actions=notify,
+        opts=scope.opts(),
+    )
+    conflicts = aws.cloudwatch.MetricAlarm(
+        f"{name}-conflict-rate",
+        name=f"{prefix}-{region}-conflict-rate",
+        alarm_description=f"More than {topology.operations.conflicts_per_minute} replication conflicts recorded per "
+        "minute in this region, 5 minutes in a row (docs/runbooks/conflict-spike.md)",
+        namespace=METRICS_NAMESPACE,
+        metric_name="Conflicts",
+        # Exactly the auditor's dimensions (Powertools adds `service`); checked against its output in tests/lambdas.
+        dimensions=conflict_dimensions(region),
+        statistic="Sum",
+        period=60,
+        evaluation_periods=5,
+        datapoints_to_alarm=5,
+        comparison_operator="GreaterThanThreshold",
+        threshold=topology.operations.conflicts_per_minute,
+        # The auditor publishes only when it records conflicts: a quiet minute is a good one.
+        treat_missing_data="notBreaching",
+        alarm_actions=notify,
+        ok_actions=notify,
+        opts=scope.opts(),
+    )
+    return RegionAlarms(composite, (five_xx, latency), evacuated, conflicts)

@@ -73,7 +73,7 @@ def functions(
     policies: dict[str, Callable[[str, str], dict[str, Any]]] = {
         "replication-canary": lambda p, a: layout.canary_policy(topology, region, partition=p, account=a),
         "conflict-auditor": lambda p, a: layout.auditor_policy(topology, region, partition=p, account=a),
-        "evacuator": lambda p, a: layout.evacuator_policy(partition=p, account=a),
+        "evacuator": lambda p, a: layout.evacuator_policy(topology, region, partition=p, account=a),
     }
     functions: dict[str, aws.lambda_.Function] = {}
     grants: dict[str, list[pulumi.Resource]] = {}

@@ -20,6 +20,7 @@ from infra.components.certificate import certificate
 from infra.components.functions import LAMBDA_RUNTIME, LAMBDAS, functions, lambda_environment
 from infra.components.load_balancer import HEALTH_PATH, load_balancer
 from infra.components.network import Network, NetworkArgs
+from infra.components.notifications import notifications
 from infra.components.scope import Scope
 from infra.components.service import fargate_service, service_environment
 from meridian.topology import Topology
@@ -76,6 +77,13 @@ class Region(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     cluster_arn: pulumi.Output[str]
     shared_validation_fqdns: list[pulumi.Output[str]]
+    #: the ALB's CloudWatch dimension value (app/<name>/<id>), for the dashboard
+    alb_arn_suffix: pulumi.Output[str]
+    #: the alarm that is ALARM while the region is evacuated (Route 53's evacuation check watches it)
+    evacuation_alarm_name: pulumi.Output[str]
+    #: the alarms an operator looks at first (evacuate, evacuated, conflict rate, release), for the dashboard
+    key_alarm_arns: list[pulumi.Output[str]]
+    alarm_topic_arn: pulumi.Output[str]
 
     def __init__(self, name: str, args: RegionArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("meridian:regional:Region", name, None, opts)
@@ -99,8 +107,10 @@ class Region(pulumi.ComponentResource):
         self.shared_validation_fqdns = cert.shared_validation_fqdns
         lb = load_balancer(scope, network=self.network, cidr=args.cidr, certificate_arn=cert.validation.certificate_arn)
         fns = functions(scope, stream_arns=args.stream_arns, depends_on=args.depends_on)
-        # Alarms before the service: ECS rolls a deployment back on the region's release alarms.
-        region_alarms = alarms(scope, load_balancer=lb, evacuator=fns["evacuator"])
+        # Alarms before the service: ECS rolls a deployment back on the region's release alarms. Each notifies
+        # the region's alarm topic.
+        alerts = notifications(scope)
+        region_alarms = alarms(scope, load_balancer=lb, evacuator=fns["evacuator"], topic=alerts.topic)
         service = fargate_service(
             scope, network=self.network, load_balancer=lb, secret_arn=args.secret_arn, image=args.container_image,
             rollback_alarms=region_alarms.release,
@@ -110,7 +120,13 @@ class Region(pulumi.ComponentResource):
         self.alb_arn, self.alb_dns_name, self.alb_zone_id = alb.arn, alb.dns_name, alb.zone_id
         self.service_name = service.name
         self.cluster_arn = service.cluster
+        self.alb_arn_suffix = alb.arn_suffix
+        self.evacuation_alarm_name = region_alarms.evacuated.name
+        self.key_alarm_arns = [region_alarms.evacuate.arn, region_alarms.evacuated.arn, region_alarms.conflicts.arn,
+                               *(a.arn for a in region_alarms.release)]
+        self.alarm_topic_arn = alerts.topic.arn
         self.register_outputs(
             {"alb_arn": alb.arn, "alb_dns_name": alb.dns_name, "alb_zone_id": alb.zone_id, "service_name": service.name,
-             "cluster_arn": service.cluster}
+             "cluster_arn": service.cluster, "evacuation_alarm_name": region_alarms.evacuated.name,
+             "alarm_topic_arn": alerts.topic.arn}
         )

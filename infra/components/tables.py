@@ -49,7 +49,7 @@ class GlobalTables(pulumi.ComponentResource):
                 region_name=region,
                 point_in_time_recovery=True,
                 propagate_tags=True,
-                deletion_protection_enabled=True,
+                deletion_protection_enabled=topology.operations.deletion_protection,
                 consistency_mode="STRONG" if strong else "EVENTUAL",
             )
             for region in topology.replica_order(zone)[1:]
@@ -77,7 +77,7 @@ class GlobalTables(pulumi.ComponentResource):
             stream_enabled=True,
             stream_view_type=STREAM_VIEW,
             point_in_time_recovery=aws.dynamodb.TablePointInTimeRecoveryArgs(enabled=True),
-            deletion_protection_enabled=True,
+            deletion_protection_enabled=topology.operations.deletion_protection,
             # AWS-managed KMS key: a customer-managed key would need one key per replica region.
             server_side_encryption=aws.dynamodb.TableServerSideEncryptionArgs(enabled=True),
             ttl=aws.dynamodb.TableTtlArgs(attribute_name=spec.ttl_attribute, enabled=True) if spec.ttl_attribute else None,
@@ -86,8 +86,9 @@ class GlobalTables(pulumi.ComponentResource):
                 aws.dynamodb.TableGlobalTableWitnessArgs(region_name=spec.witness_region) if strong and spec.witness_region else None
             ),
             tags={"meridian:zone": zone.name, "meridian:zone-regions": "+".join(zone.regions), "meridian:table": spec.name},
-            # Replacing a table would drop its data: refuse it, and refuse deleting it by accident.
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=True),
+            # Replacing a table would drop its data: refuse it, and refuse deleting it by accident. Both come off
+            # only with meridian:deletionProtection false, for a teardown (docs/runbooks/teardown.md).
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=topology.operations.deletion_protection),
         )
 
     def stream_arn(self, zone: str, table: str, region: str) -> pulumi.Output[str]:

@@ -23,6 +23,7 @@ __all__ = [
     "MRSC_REGION_SETS",
     "Index",
     "KeyAttribute",
+    "Operations",
     "Release",
     "Routing",
     "Sizing",
@@ -177,6 +178,21 @@ class Release:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Operations:
+    """Who hears the alarms and how the stack may be torn down (docs/runbooks/). Deploy-time only, like
+    :class:`Release`: left out of the serialized topology, so that adding an address changes no task."""
+
+    #: e-mail addresses subscribed to every region's alarm topic (each confirms by mail)
+    alert_emails: tuple[str, ...] = ()
+    #: HTTPS endpoints (a pager's webhook) subscribed to every region's alarm topic
+    alert_https_endpoints: tuple[str, ...] = ()
+    #: false only for a teardown: table deletion protection off and Pulumi ``protect`` off
+    deletion_protection: bool = True
+    #: conflicts recorded per minute in a region above which, 5 minutes in a row, the conflict alarm fires
+    conflicts_per_minute: int = 10
+
+
+@dataclass(frozen=True, kw_only=True)
 class Topology:
     project: str
     stack: str
@@ -195,6 +211,8 @@ class Topology:
     release: Release = field(default_factory=Release)
     #: ``ha``: a NAT gateway and interface endpoints in every AZ; ``lean``: one NAT gateway, no interface endpoints
     network_mode: NetworkMode = "ha"
+    #: alert subscriptions, deletion protection, conflict alarm threshold (not serialized: see :class:`Operations`)
+    operations: Operations = field(default_factory=Operations)
 
     # -- lookups -------------------------------------------------------------------------------------
     @property
@@ -264,6 +282,7 @@ class Topology:
         pins differ per region and would otherwise change every region's task definition at once."""
         plain: dict[str, Any] = _to_plain(self)
         plain.pop("release", None)
+        plain.pop("operations", None)
         return plain
 
     def to_json(self) -> str:
@@ -370,6 +389,10 @@ CONFIG_KEYS: dict[str, tuple[str, Any, str]] = {
     "bakeMinutes": ("integer", Release.bake_minutes, "Minutes a release bakes in a wave, its alarms OK, before the next wave (0-1440)."),
     "canaryRegion": ("string", "", "Region that receives a release first (default: the least loaded region)."),
     "release": ("object", {}, "Region -> the image it runs, pinned by digest (REPO@sha256:...); unpinned regions run the built image."),
+    "alertEmails": ("array", [], "E-mail addresses subscribed to every region's alarm topic."),
+    "alertHttpsEndpoints": ("array", [], "HTTPS endpoints (https://...) subscribed to every region's alarm topic."),
+    "deletionProtection": ("boolean", Operations.deletion_protection, "false only for a teardown: tables lose deletion protection and Pulumi protect."),
+    "conflictsPerMinute": ("integer", Operations.conflicts_per_minute, "Conflicts per minute in a region that, 5 minutes in a row, fire its conflict alarm."),
 }
 
 _TABLE_OVERRIDE_KEYS = {"consistency", "witnessRegion"}
@@ -426,6 +449,7 @@ def load_topology(config: Mapping[str, Any], *, project: str = "meridian", stack
     if primary and primary not in regions:
         raise TopologyError(f"meridian:primaryRegion is {primary!r}, which is not in meridian:regions")
     release = _release(get, regions)
+    operations = _operations(get)
     network_mode = _str(get, "networkMode")
     if network_mode not in NETWORK_MODES:
         raise TopologyError(f"meridian:networkMode is {network_mode!r}; use {' or '.join(NETWORK_MODES)}")
@@ -443,7 +467,26 @@ def load_topology(config: Mapping[str, Any], *, project: str = "meridian", stack
         primary_region=primary,
         network_mode=network_mode,
         release=release,
+        operations=operations,
     )
+
+
+def _operations(get: Mapping[str, Any]) -> Operations:
+    """``meridian:alertEmails``, ``alertHttpsEndpoints``, ``deletionProtection`` and ``conflictsPerMinute``."""
+    lists: dict[str, tuple[str, ...]] = {}
+    for key, pattern, example in (("alertEmails", r"[^@\s]+@[^@\s]+\.[^@\s]+", "oncall@example.com"),
+                                  ("alertHttpsEndpoints", r"https://\S+", "https://events.example.com/hook")):
+        value = get[key]
+        if not isinstance(value, list) or not all(isinstance(v, str) and re.fullmatch(pattern, v) for v in value):
+            raise TopologyError(f"meridian:{key} must be a list like [{example}], got {value!r}")
+        if len(set(value)) != len(value):
+            raise TopologyError(f"meridian:{key} lists an address more than once")
+        lists[key] = tuple(value)
+    conflicts = _int(get, "conflictsPerMinute")
+    if conflicts < 1:
+        raise TopologyError(f"meridian:conflictsPerMinute is {conflicts}; use 1 or more")
+    return Operations(alert_emails=lists["alertEmails"], alert_https_endpoints=lists["alertHttpsEndpoints"],
+                      deletion_protection=_bool(get, "deletionProtection"), conflicts_per_minute=conflicts)
 
 
 def _release(get: Mapping[str, Any], regions: tuple[str, ...]) -> Release:

@@ -207,15 +207,23 @@ class Applier:
         self._ids[str(r.outputs["zoneId"])] = resp["HostedZone"]["Id"].split("/")[-1]
 
     def health_check(self, r: PlannedResource) -> None:
-        i = r.inputs
-        config = {
-            "Type": i["type"], "FullyQualifiedDomainName": i["fqdn"], "Port": i["port"], "ResourcePath": i["resourcePath"],
-            "RequestInterval": i["requestInterval"], "FailureThreshold": i["failureThreshold"], "EnableSNI": i.get("enableSni", True),
-        }
+        i = self.real(r.inputs)
+        config: dict[str, Any]
+        if i["type"] == "CLOUDWATCH_METRIC":
+            config = {"Type": "CLOUDWATCH_METRIC", "InsufficientDataHealthStatus": i["insufficientDataHealthStatus"],
+                      "AlarmIdentifier": {"Region": i["cloudwatchAlarmRegion"], "Name": i["cloudwatchAlarmName"]}}
+        elif i["type"] == "CALCULATED":
+            config = {"Type": "CALCULATED", "ChildHealthChecks": i["childHealthchecks"], "HealthThreshold": i["childHealthThreshold"]}
+        else:
+            config = {
+                "Type": i["type"], "FullyQualifiedDomainName": i["fqdn"], "Port": i["port"], "ResourcePath": i["resourcePath"],
+                "RequestInterval": i["requestInterval"], "FailureThreshold": i["failureThreshold"], "EnableSNI": i.get("enableSni", True),
+            }
         resp = self.client("route53", "us-east-1").create_health_check(CallerReference=r.name, HealthCheckConfig=config)
         self._map(r, real_id=resp["HealthCheck"]["Id"])
-        region = i["fqdn"].split(".", 1)[0]
-        self.result.health[region] = {"path": i["resourcePath"], "interval": i["requestInterval"], "threshold": i["failureThreshold"]}
+        if "fqdn" in i:
+            region = i["fqdn"].split(".", 1)[0]
+            self.result.health[region] = {"path": i["resourcePath"], "interval": i["requestInterval"], "threshold": i["failureThreshold"]}
 
     def record(self, r: PlannedResource) -> None:
         i = self.real(r.inputs)

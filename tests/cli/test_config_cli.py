@@ -62,7 +62,7 @@ class TestEvacuateDryRun:
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
         assert main(["evacuate", "eu-west-1", "--config", str(ROOT / "Pulumi.prod.yaml"), "--dry-run"]) == 0
         out = capsys.readouterr().out
-        assert "eu-west-1: traffic dial 100 -> 0" in out and "dry run: nothing changed" in out
+        assert "Global Accelerator: dial 100 -> 0" in out and "dry run: nothing changed" in out
 
     def test_unknown_region(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["evacuate", "mars-1", "--config", str(ROOT / "Pulumi.prod.yaml"), "--dry-run"]) == 2

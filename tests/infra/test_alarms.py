@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra import layout
-from infra.components.alarms import MAX_METRICS_PER_ALARM, chunks, heartbeat_dimensions, table_groups
+from infra.components.alarms import MAX_METRICS_PER_ALARM, chunks, conflict_dimensions, heartbeat_dimensions, table_groups
 from infra.render import Plan, PlannedResource
 
 METRIC_ALARM = "aws:cloudwatch/metricAlarm:MetricAlarm"
@@ -152,3 +152,51 @@ class TestGrouping:
         assert [(g.suffix, g.tables) for g in groups] == [
             ("-eu", ("x", "y")), ("-global-1", ("a", "b", "c")), ("-global-2", ("d", "e", "f")),
         ]
+
+
+COMPOSITE_ALARM = "aws:cloudwatch/compositeAlarm:CompositeAlarm"
+
+
+class TestNotifications:
+    @pytest.mark.parametrize("plan_name", PLANS)
+    def test_every_alarm_notifies_its_regions_topic(self, plan_name: str, request: pytest.FixtureRequest) -> None:
+        """Every alarm, metric and composite, has its own region's topic among its ALARM and OK actions (an alarm
+        added without them fails here)."""
+        plan: Plan = request.getfixturevalue(plan_name)
+        topics = {t.region: t.outputs["arn"] for t in plan.of_type("aws:sns/topic:Topic")}
+        assert sorted(topics) == sorted(plan.topology.regions)
+        alarms = plan.of_type(METRIC_ALARM) + plan.of_type(COMPOSITE_ALARM)
+        assert len(alarms) > 10 * len(topics)
+        for alarm in alarms:
+            assert alarm.region in topics, alarm.name
+            assert topics[alarm.region] in alarm.inputs.get("alarmActions", []), f"{alarm.name}: no ALARM notification"
+            assert topics[alarm.region] in alarm.inputs.get("okActions", []), f"{alarm.name}: no OK notification"
+            assert all(f":{alarm.region}:" in a for a in alarm.inputs["alarmActions"]), "actions stay in the alarm's region"
+
+    def test_composite_keeps_invoking_the_evacuator(self, prod_plan: Plan) -> None:
+        for c in prod_plan.of_type(COMPOSITE_ALARM):
+            assert "function:meridian-prod-evacuator" in c.inputs["alarmActions"][0]
+            assert len(c.inputs["alarmActions"]) == 2
+
+
+class TestConflictRate:
+    @pytest.mark.parametrize("plan_name", PLANS)
+    def test_sustained_rise_on_the_auditors_series(self, plan_name: str, request: pytest.FixtureRequest) -> None:
+        """Sum of Conflicts per minute above the threshold 5 minutes in a row, on exactly the auditor's dimensions
+        (Powertools' `service` included; checked against its real output in tests/lambdas)."""
+        plan: Plan = request.getfixturevalue(plan_name)
+        for region in plan.topology.regions:
+            (alarm,) = [a for a in metric_alarms(plan, region) if a.name == f"{region}-conflict-rate"]
+            i = alarm.inputs
+            assert i["name"] == f"meridian-{plan.topology.stack}-{region}-conflict-rate"
+            assert (i["namespace"], i["metricName"], i["statistic"], i["period"]) == ("Meridian/Replication", "Conflicts", "Sum", 60)
+            assert i["dimensions"] == conflict_dimensions(region) == {"Region": region, "service": "meridian"}
+            assert i["evaluationPeriods"] == i["datapointsToAlarm"] == 5
+            assert i["threshold"] == plan.topology.operations.conflicts_per_minute == 10
+            assert i["treatMissingData"] == "notBreaching"
+
+    def test_threshold_from_config(self) -> None:
+        from infra.render import render_values
+
+        plan = render_values({"regions": ["us-east-1", "eu-west-1"], "conflictsPerMinute": 25}, stack="conf")
+        assert {a.inputs["threshold"] for a in plan.of_type(METRIC_ALARM) if a.name.endswith("-conflict-rate")} == {25}

@@ -228,7 +228,8 @@ class TestIam:
 class TestEdge:
     def test_latency_records_wired_to_each_albs_outputs(self, prod_plan: Plan, prod: Topology) -> None:
         albs = {r.region: r.outputs for r in prod_plan.of_type("aws:lb/loadBalancer:LoadBalancer")}
-        checks = {r.inputs["fqdn"]: r for r in prod_plan.of_type("aws:route53/healthCheck:HealthCheck")}
+        checks = {r.inputs["fqdn"]: r for r in prod_plan.of_type("aws:route53/healthCheck:HealthCheck") if r.inputs["type"] == "HTTPS"}
+        calculated = {r.outputs["id"]: r for r in prod_plan.of_type("aws:route53/healthCheck:HealthCheck") if r.inputs["type"] == "CALCULATED"}
         latency = [r for r in prod_plan.of_type("aws:route53/record:Record") if r.inputs.get("latencyRoutingPolicies")]
         assert sorted(r.inputs["setIdentifier"] for r in latency) == sorted(prod.regions)
         for record in latency:
@@ -238,7 +239,8 @@ class TestEdge:
             assert alias["name"] == albs[region]["dnsName"] and alias["zoneId"] == albs[region]["zoneId"]
             assert alias["evaluateTargetHealth"] is True
             check_ = checks[f"{region}.{prod.domain}"]
-            assert record.inputs["healthCheckId"]
+            # The record's check is the CALCULATED one (endpoint AND not evacuated; tests/infra/test_edge.py).
+            assert check_.outputs["id"] in calculated[record.inputs["healthCheckId"]].inputs["childHealthchecks"]
             assert check_.inputs["resourcePath"] == "/health/ready" and check_.inputs["enableSni"] is True
             assert check_.inputs["requestInterval"] == 10 and check_.inputs["failureThreshold"] == 3
             assert len(check_.inputs["regions"]) >= 3
@@ -276,7 +278,7 @@ class TestAlarms:
         composite = [r for r in prod_plan.in_region("us-east-1") if r.type == "aws:cloudwatch/compositeAlarm:CompositeAlarm"]
         (c,) = composite
         assert "5xx-rate" in c.inputs["alarmRule"] and "healthy-hosts-low" in c.inputs["alarmRule"]
-        assert c.inputs["alarmActions"] == ["arn:aws:lambda:us-east-1:123456789012:function:meridian-prod-evacuator"]
+        assert c.inputs["alarmActions"][0] == "arn:aws:lambda:us-east-1:123456789012:function:meridian-prod-evacuator"
 
 
 class TestLambdas:
