@@ -17,26 +17,28 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from meridian.conflicts import ConflictRecord
 from meridian.hlc import HLC, Timestamp, Version
-from meridian.ids import new_id
+from meridian.ids import derived_id, new_id, parse_id
 from meridian.topology import Topology
 
-__all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserRecord"]
+__all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserRecord", "order_id_for", "order_request_hash"]
 
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-#: The DynamoDB API calls this module makes -> the IAM action each needs (a transaction's Puts need
-#: PutItem). The task role (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these.
+#: The DynamoDB API calls this module makes -> the IAM action each needs. The task role
+#: (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these. No TransactWriteItems: a transaction costs
+#: two writes per item on AWS, and moto's rollback of a cancelled one erases concurrent writes.
 CALLS = {"DescribeTable": "DescribeTable", "GetItem": "GetItem", "PutItem": "PutItem", "Query": "Query",
-         "TransactWriteItems": "PutItem", "UpdateItem": "UpdateItem"}
+         "UpdateItem": "UpdateItem"}
+#: How many of a user's orders a listing reads before sorting them by time.
+MAX_ORDERS_READ = 1000
 
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
 
 class StoreError(RuntimeError):
-    """Storage failed (throttling, unreachable replica): a 503, never a silent loss."""
+    """Storage failed (throttling, unreachable replica, timeout): a 503, never a silent loss."""
 
 
 class ResidencyViolation(PermissionError):
@@ -45,6 +47,16 @@ class ResidencyViolation(PermissionError):
 
 class IdempotencyMismatch(ValueError):
     """An idempotency key reused with a different request."""
+
+
+def order_id_for(user_id: str, idempotency_key: str) -> str:
+    """The one order a user's Idempotency-Key can ever create: derived, and in the user's home region."""
+    return derived_id("ord", parse_id(user_id).region, user_id, idempotency_key)
+
+
+def order_request_hash(user_id: str, item: str, qty: int) -> str:
+    """What makes two requests with one Idempotency-Key the same request."""
+    return hashlib.sha256(json.dumps([user_id, item, qty]).encode()).hexdigest()
 
 
 def to_item(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,9 +119,12 @@ class Store:
             return getattr(self.client, op)(**kwargs)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("ConditionalCheckFailedException", "TransactionCanceledException"):
+            if code == "ConditionalCheckFailedException":
                 raise
             raise StoreError(f"DynamoDB {op} failed in {self.region}: {code or exc}") from exc
+        except BotoCoreError as exc:
+            # Unreachable endpoint, connect or read timeout, closed connection: storage is unavailable.
+            raise StoreError(f"DynamoDB {op} in {self.region} is unreachable ({type(exc).__name__}); retry") from exc
 
     def _stamp(self, base: str | None) -> tuple[Timestamp, str, str | None]:
         hlc = self.clock.now()
@@ -178,51 +193,55 @@ class Store:
 
     # -- orders ------------------------------------------------------------------------------------------
     def create_order(self, zone: str, user_id: str, *, item: str, qty: int, idempotency_key: str) -> tuple[dict[str, Any], bool, Timestamp]:
-        """Returns (order, created). The same key again returns the first order, never a second one."""
-        orders, idem = self.table(zone, "orders"), self.table(zone, "idempotency")
-        request_hash = hashlib.sha256(json.dumps([user_id, item, qty]).encode()).hexdigest()
-        key = f"{user_id}#{idempotency_key}"
-        existing = self._replay(zone, key, request_hash)
-        if existing is not None:
-            return existing[0], False, existing[1]
+        """Returns (order, created). Exactly once by construction (D11): the order's id is a function of
+        (user, Idempotency-Key) carrying the user's home region, and the order is ONE conditional PutItem
+        (``attribute_not_exists``), no pre-read and no transaction. A duplicate — concurrent here, a retry
+        after a timeout, the same key executed in another region and replicated here — collides with the
+        first execution on the same item: the failed condition returns the stored order (``ALL_OLD``),
+        which is answered again if it is the same request, or refused (:class:`IdempotencyMismatch`) if the
+        key was used for a different one. Two regions that both executed the key during a partition wrote
+        the same item: replication keeps one of the two versions (LWW), never two orders."""
+        orders = self.table(zone, "orders")
+        request_hash = order_request_hash(user_id, item, qty)
+        order_id = order_id_for(user_id, idempotency_key)
         hlc, version, _ = self._stamp(None)
-        order_id = new_id("ord", self.region)
         order = {"user_id": user_id, "order_id": order_id, "item": item, "qty": qty, "idempotency_key": idempotency_key,
-                 "created_region": self.region, "created_at": int(time.time() * 1000), "version": version,
-                 "origin_region": self.region}
-        marker = {"key": key, "order_id": order_id, "user_id": user_id, "request_hash": request_hash, "version": version,
-                  "origin_region": self.region, "expires_at": int(time.time()) + IDEMPOTENCY_TTL_SECONDS}
+                 "request_hash": request_hash, "created_region": self.region, "created_at": int(time.time() * 1000),
+                 "version": version, "origin_region": self.region}
         try:
-            self._call("transact_write_items", TransactItems=[
-                {"Put": {"TableName": idem, "Item": to_item(marker), "ConditionExpression": "attribute_not_exists(#k)",
-                         "ExpressionAttributeNames": {"#k": "key"}}},
-                {"Put": {"TableName": orders, "Item": to_item(order), "ConditionExpression": "attribute_not_exists(order_id)"}},
-            ])
-        except ClientError:
-            replay = self._replay(zone, key, request_hash)
-            if replay is None:
-                raise StoreError("order write was cancelled; retry with the same Idempotency-Key") from None
-            return replay[0], False, replay[1]
+            self._call("put_item", TableName=orders, Item=to_item(order), ConditionExpression="attribute_not_exists(order_id)",
+                       ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise StoreError(f"DynamoDB PutItem failed in {self.region}: {exc}") from exc
+            old = exc.response.get("Item")
+            if not old:  # an emulator that does not return ALL_OLD: read the item that won
+                old = self._call("get_item", TableName=orders, ConsistentRead=True,
+                                 Key=to_item({"user_id": user_id, "order_id": order_id})).get("Item")
+            if not old:
+                raise StoreError("order write collided with an item that is gone; retry with the same Idempotency-Key") from None
+            stored = from_item(old)
+            if stored.get("request_hash") != request_hash:
+                raise IdempotencyMismatch("this Idempotency-Key was used for a different order; use a new key") from None
+            self.observe(str(stored["version"]))
+            return stored, False, Version.decode(str(stored["version"])).hlc
         return order, True, hlc
 
-    def _replay(self, zone: str, key: str, request_hash: str) -> tuple[dict[str, Any], Timestamp] | None:
-        found = self._call("get_item", TableName=self.table(zone, "idempotency"), Key=to_item({"key": key}), ConsistentRead=True).get("Item")
-        if not found:
-            return None
-        marker = from_item(found)
-        if marker["request_hash"] != request_hash:
-            raise IdempotencyMismatch("this Idempotency-Key was used for a different order; use a new key")
-        order = self._call("get_item", TableName=self.table(zone, "orders"), ConsistentRead=True,
-                           Key=to_item({"user_id": marker["user_id"], "order_id": marker["order_id"]})).get("Item")
-        if not order:
-            raise StoreError("idempotent order not readable yet; retry")
-        data = from_item(order)
-        return data, Version.decode(str(data["version"])).hlc
-
     def list_orders(self, zone: str, user_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
-        resp = self._call("query", TableName=self.table(zone, "orders"), KeyConditionExpression="user_id = :u",
-                          ExpressionAttributeValues={":u": _ser.serialize(user_id)}, ScanIndexForward=False, Limit=limit)
-        return [from_item(i) for i in resp.get("Items", [])]
+        """Newest first by ``created_at``. Order ids are derived from the Idempotency-Key (not time-ordered),
+        so the user's orders are read (up to ``MAX_ORDERS_READ``) and sorted here."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self.table(zone, "orders"), "KeyConditionExpression": "user_id = :u",
+                                  "ExpressionAttributeValues": {":u": _ser.serialize(user_id)}}
+        while len(items) < MAX_ORDERS_READ:
+            resp = self._call("query", **kwargs)
+            items += [from_item(i) for i in resp.get("Items", [])]
+            if "LastEvaluatedKey" not in resp:
+                break
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        # The version (hlc@region) breaks ties of the same millisecond in the order they were written.
+        items.sort(key=lambda o: (int(o.get("created_at", 0)), str(o.get("version", ""))), reverse=True)
+        return items[:limit]
 
     # -- counters (per-region shards: a G-counter that global tables cannot break) ------------------------
     def increment(self, name: str, by: int) -> Timestamp:

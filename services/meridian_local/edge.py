@@ -11,12 +11,22 @@ between regions, in one HTTP endpoint.
   with the inter-region delay injected and partitions enforced (502, as a load balancer answers when
   nothing behind it can be reached).
 - Delays are real round-trip medians (meridian.geo) times ``latency_scale``; 0 disables them.
+  ``POST /_meridian/slow {"a", "b", "seconds"}`` adds a delay to the *answers* on a link (the request
+  reaches the region and executes; its answer is late), the slow forward that makes a caller time out
+  after the callee committed; ``seconds`` 0 removes it. Only API calls (``/v1/...``) are slowed: health
+  probes still answer, so the region stays healthy and the slow call is the forward itself.
+- A request the link refuses (partition, failed region) never reached the region: the answer says so
+  with ``X-Meridian-Link: not-delivered`` (on AWS the caller would see its connection fail), so the
+  caller may send it elsewhere; an answer lost after delivery carries no such header.
+- Request bodies over 64 KB are refused with 413 before they are read further, at the edge as at the
+  service (an ALB forwards any size; the limit is the service's, applied where the request enters).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -29,10 +39,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from meridian.api.app import LINK_HEADER, MAX_BODY_BYTES, NOT_DELIVERED
 from meridian.geo import nearest, rtt_ms
 
 HOP_HEADERS = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "date", "server"}
 CLIENT_HEADER = "x-meridian-client-region"
+
+
+class TooLarge(Exception):
+    """A request body over the limit."""
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused (TooLarge) as soon as it is known to pass ``limit``: by Content-Length, or while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(exc: TooLarge) -> JSONResponse:
+    return JSONResponse({"error": "payload_too_large", "message": str(exc)}, status_code=413, headers={"Connection": "close"})
 
 
 @dataclass
@@ -59,6 +92,7 @@ class Edge:
         self.default_client = default_client or next(iter(regions))
         self.partitions: set[frozenset[str]] = set()
         self.failed: set[str] = set()
+        self.slow: dict[frozenset[str], float] = {}  # link -> seconds added to each answer on it
         self.events: list[dict[str, Any]] = []
         self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
         self._aio: aiohttp.ClientSession | None = None
@@ -105,7 +139,10 @@ class Edge:
     async def proxy(self, request: Request) -> Response:
         client_region = request.headers.get(CLIENT_HEADER, self.default_client)
         order = self.choose(client_region)
-        body = await request.body()
+        try:
+            body = await read_body(request)
+        except TooLarge as exc:
+            return too_large(exc)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         target = order[0]
@@ -137,18 +174,43 @@ class Edge:
         if dst not in self.regions:
             return JSONResponse({"error": "no_such_region", "message": dst}, status_code=404)
         if frozenset((src, dst)) in self.partitions or dst in self.failed or src in self.failed:
-            return JSONResponse({"error": "link_down", "message": f"{src} cannot reach {dst}"}, status_code=502)
+            return JSONResponse({"error": "link_down", "message": f"{src} cannot reach {dst}"}, status_code=502,
+                                headers={LINK_HEADER: NOT_DELIVERED})
         await self.delay(src, dst)
-        body = await request.body()
+        try:
+            body = await read_body(request)
+        except TooLarge as exc:
+            return too_large(exc)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         path = "/" + rest + (f"?{request.url.query}" if request.url.query else "")
         try:
             async with self._session().request(request.method, self.regions[dst].url + path, data=body, headers=headers) as resp:
                 content, status, resp_headers = await resp.read(), resp.status, resp.headers
+        except aiohttp.ClientConnectorError as exc:
+            return JSONResponse({"error": "link_down", "message": f"{dst}: {type(exc).__name__}"}, status_code=502,
+                                headers={LINK_HEADER: NOT_DELIVERED})
         except (TimeoutError, aiohttp.ClientError) as exc:
-            return JSONResponse({"error": "link_down", "message": f"{dst}: {type(exc).__name__}"}, status_code=502)
+            # Sent, answer lost: the region may have executed it.
+            return JSONResponse({"error": "link_broken", "message": f"{dst}: {type(exc).__name__}"}, status_code=502)
+        if (extra := self.slow.get(frozenset((src, dst)), 0.0)) > 0 and path.startswith("/v1/"):
+            await asyncio.sleep(extra)  # executed there; the answer is late
         out = {k: v for k, v in resp_headers.items() if k.lower() not in HOP_HEADERS}
         return Response(content, status_code=status, headers=out)
+
+    async def set_slow(self, request: Request) -> JSONResponse:
+        """``POST /_meridian/slow {"a", "b", "seconds"}``: answers on the link a<->b arrive ``seconds`` late."""
+        try:
+            data = json.loads(await read_body(request) or b"{}")
+            a, b, seconds = str(data["a"]), str(data["b"]), float(data.get("seconds", 0))
+        except (TooLarge, ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": "bad_request", "message": f"send {{'a', 'b', 'seconds'}} ({exc})"}, status_code=400)
+        if a not in self.regions or b not in self.regions or a == b or not 0 <= seconds <= 60:
+            return JSONResponse({"error": "bad_request", "message": "two different regions of this run, 0-60 seconds"}, status_code=400)
+        if seconds:
+            self.slow[frozenset((a, b))] = seconds
+        else:
+            self.slow.pop(frozenset((a, b)), None)
+        return JSONResponse({"a": a, "b": b, "seconds": seconds})
 
     def status(self) -> dict[str, Any]:
         return {
@@ -159,6 +221,7 @@ class Edge:
     def app(self, control_routes: list[Route]) -> Starlette:
         routes = [
             *control_routes,
+            Route("/_meridian/slow", self.set_slow, methods=["POST"]),
             Route("/_link/{src}/{dst}/{rest:path}", self.link, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]

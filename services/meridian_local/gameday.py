@@ -1,7 +1,11 @@
 """Game days against a local run: steady load through the edge, a failure, heal, convergence, checks.
 
 Clients in several places (``X-Meridian-Client-Region``) create users in every zone, update profiles,
-place idempotent orders, increment counters and read with their session tokens. Scenarios:
+place idempotent orders, increment counters and read with their session tokens. A third of the orders
+are sent twice at once with the same Idempotency-Key (a client retrying before the first answer, or two
+tabs), half of those pairs to two different regions of the user's zone — so the exactly-once check
+below is earned under the interleavings that break it, not only under sequential retries. Every order
+is recorded in a :class:`History` (invocation, then ok / failed / unknown). Scenarios:
 
 - ``region-loss``: fail a region of a residency zone; measure the time until the edge routes its
   clients elsewhere against interval x threshold; count client errors and retries that rescued them.
@@ -10,7 +14,9 @@ place idempotent orders, increment counters and read with their session tokens. 
 
 Then heal, wait for replication to drain, and check: acknowledged writes lost (0), residency
 violations (0), replicas identical, the injected conflicts recorded and nothing unexplained,
-read-your-writes violations (0). Writes report.md, metrics.json and timeline.png.
+read-your-writes violations (0), exactly-once orders (no acknowledged order lost, at most one order
+per (user, Idempotency-Key) in every replica, one order id per key in every answer), and no gap in any
+replication stream. Writes report.md, metrics.json and timeline.png.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -48,6 +55,83 @@ class Sample:
 
 
 @dataclass
+class Op:
+    """One client operation of a history: invoked, then ok / failed (definitely not done) / unknown."""
+
+    process: str  # the client (its place)
+    kind: str
+    key: tuple[str, str]  # (user id, Idempotency-Key)
+    body: str
+    invoked: float
+    completed: float | None = None
+    outcome: str = "pending"  # ok | failed | unknown
+    value: str | None = None  # the order id answered (ok)
+    status: int | None = None
+    region: str | None = None  # where it executed, as the answer says
+
+
+class History:
+    """A Jepsen-style history of order placements, and the checker of what it promises.
+
+    ``unknown`` is honest: a timeout or a 5xx may or may not have executed, so the checker never
+    counts it as lost and never as absent — it only insists that *at most one* order exists per key."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self._lock = threading.Lock()
+
+    def invoke(self, process: str, kind: str, key: tuple[str, str], body: Any = None) -> Op:
+        op = Op(process, kind, key, json.dumps(body, sort_keys=True), time.time())
+        with self._lock:
+            self.ops.append(op)
+        return op
+
+    @staticmethod
+    def complete(op: Op, status: int | None, value: str | None = None, region: str | None = None) -> Op:
+        """2xx is ok; 4xx failed (refused before anything was written); anything else — 5xx, no answer — unknown."""
+        op.completed, op.status, op.region = time.time(), status, region
+        if status is not None and 200 <= status < 300 and value:
+            op.outcome, op.value = "ok", value
+        elif status is not None and 400 <= status < 500:
+            op.outcome = "failed"
+        else:
+            op.outcome = "unknown"
+        return op
+
+    def check_orders(self, replicas: dict[str, list[dict[str, Any]]], users: set[str] | None = None) -> dict[str, Any]:
+        """``replicas``: replica name -> the order items it holds, all of one zone's orders table; ``users``:
+        the users whose orders live there (default: every user of the history).
+
+        - lost: an order acknowledged (ok) missing from a replica, or stored under another key;
+        - duplicated: a replica holding two orders for one (user, key);
+        - answers_differ: two acknowledgements of one key with different order ids."""
+        lost, duplicated, differ = [], [], []
+        ops = [op for op in self.ops if users is None or op.key[0] in users]
+        answered: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for op in ops:
+            if op.outcome == "ok" and op.value:
+                answered[op.key].add(op.value)
+        for key, ids in answered.items():
+            if len(ids) > 1:
+                differ.append(f"{key}: {sorted(ids)}")
+        for region, items in sorted(replicas.items()):
+            by_id = {str(i["order_id"]): i for i in items}
+            per_key: dict[tuple[str, str], set[str]] = defaultdict(set)
+            for item in items:
+                per_key[(str(item["user_id"]), str(item.get("idempotency_key")))].add(str(item["order_id"]))
+            duplicated += [f"{region}: {key} -> {sorted(ids)}" for key, ids in per_key.items() if len(ids) > 1]
+            for key, ids in answered.items():
+                for order_id in ids:
+                    found = by_id.get(order_id)
+                    if found is None or (str(found["user_id"]), str(found.get("idempotency_key"))) != key:
+                        lost.append(f"{region}: {order_id} for {key}")
+        counts = {o: sum(1 for op in ops if op.outcome == o) for o in ("ok", "failed", "unknown", "pending")}
+        return {"value": len(lost) + len(duplicated) + len(differ), **counts, "keys": len({op.key for op in ops}),
+                "lost": lost[:5], "duplicated": duplicated[:5], "answers_differ": differ[:5],
+                "pass": not lost and not duplicated and not differ and not counts["pending"]}
+
+
+@dataclass
 class Ledger:
     """What the game day was told succeeded: the source of the 'no acknowledged write lost' check."""
 
@@ -56,6 +140,8 @@ class Ledger:
     increments: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # region shard -> acked total
     ryw_violations: list[str] = field(default_factory=list)
     injected: set[str] = field(default_factory=set)  # user ids written on both sides on purpose
+    history: History = field(default_factory=History)  # every order placement, with its outcome
+    duplicate_pairs: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # "same region" / "two regions" -> pairs sent
 
 
 class GameDay:
@@ -139,10 +225,13 @@ class GameDay:
             elif roll < 0.6:
                 key = f"k{self.rng.randrange(10**9)}"
                 body = {"item": "widget", "qty": self.rng.randint(1, 5)}
-                resp = await self.request(place, "order", "POST", f"/v1/users/{user}/orders", json_body=body, headers={**session, "Idempotency-Key": key})
-                if resp is not None and resp.status_code == 201:
-                    self.ledger.orders[resp.json()["order_id"]] = (user, self.ledger.users[user]["zone"])
-                    self.sessions[user] = resp.headers["X-Meridian-Session"]
+                places = [place]
+                if self.rng.random() < 1 / 3:
+                    # The same request twice at once; half the time the second copy enters another region of the zone.
+                    zone_regions = self.zones[self.ledger.users[user]["zone"]]
+                    places.append(self.rng.choice(zone_regions) if self.rng.random() < 0.5 else place)
+                    self.ledger.duplicate_pairs["same region" if places[1] == place else "two regions"] += 1
+                await asyncio.gather(*(self.order(p, user, key, body, session) for p in places))
             elif roll < 0.75:
                 resp = await self.request(place, "increment", "POST", "/v1/counters/gameday/increment", json_body={"by": 1})
                 if resp is not None and resp.status_code == 200:
@@ -156,6 +245,18 @@ class GameDay:
                         self.ledger.ryw_violations.append(
                             f"{user}: read {seen.encode()} in {resp.headers.get('X-Meridian-Region')} "
                             f"(edge sent {place} to {resp.headers.get('X-Meridian-Edge-Target')}) after writing {wrote.encode()}")
+
+    async def order(self, place: str, user: str, key: str, body: dict[str, Any], session: dict[str, str]) -> None:
+        op = self.ledger.history.invoke(place, "order", (user, key), body)
+        resp = await self.request(place, "order", "POST", f"/v1/users/{user}/orders", json_body=body, headers={**session, "Idempotency-Key": key})
+        if resp is None:
+            History.complete(op, None)
+            return
+        order_id = resp.json().get("order_id") if resp.status_code == 201 else None
+        History.complete(op, resp.status_code, order_id, resp.headers.get("X-Meridian-Region"))
+        if order_id:
+            self.ledger.orders[order_id] = (user, self.ledger.users[user]["zone"])
+            self.sessions[user] = resp.headers["X-Meridian-Session"]
 
     # -- control ------------------------------------------------------------------------------------------
     def mark(self, label: str) -> None:
@@ -261,6 +362,9 @@ class GameDay:
         self.metrics["requests"] = len(self.samples)
         self.metrics["requests_per_second"] = len(self.samples) / max(1e-9, self.samples[-1].at - self.samples[0].at) if self.samples else 0
         self.metrics["read_your_writes_violations"] = len(self.ledger.ryw_violations)
+        self.metrics["orders"] = {"concurrent_duplicate_pairs": dict(self.ledger.duplicate_pairs),
+                                  "duplicates_merged_by_replication": status["replication"].get("duplicates_merged", 0)
+                                  - self.status["replication"].get("duplicates_merged", 0)}
         return self.metrics
 
 
@@ -337,6 +441,20 @@ class Checks:
                 if "zone" in item and region not in self.zones.get(str(item["zone"]), []) and not table.endswith("-directory"):
                     residency.append(f"{table}@{region} holds {item.get('user_id')} of zone {item['zone']}")
 
+        exactly_once: dict[str, Any] = {"value": 0, "lost": [], "duplicated": [], "answers_differ": [], "pass": True}
+        for user_zone in sorted({str(info["zone"]) for info in self.ledger.users.values()}):
+            orders_table = self.table_of("orders", user_zone)
+            zone_users = {u for u, info in self.ledger.users.items() if info["zone"] == user_zone}
+            part = self.ledger.history.check_orders({f"{r}/{user_zone}": replicas[(orders_table, r)] for r in self.tables[orders_table]},
+                                                    users=zone_users)
+            for name in ("value", "ok", "failed", "unknown", "pending", "keys"):
+                exactly_once[name] = exactly_once.get(name, 0) + part[name]
+            for name in ("lost", "duplicated", "answers_differ"):
+                exactly_once[name] = (exactly_once[name] + part[name])[:5]
+            exactly_once["pass"] = exactly_once["pass"] and part["pass"]
+        replication = self.status["replication"]
+        gaps = [f"{g['table']}@{g['region']} {g['kind']}: {g['detail']}" for g in replication.get("gap_events", [])]
+
         diverged = []
         for table, regions in self.tables.items():
             def canon(items: list[dict[str, Any]]) -> list[str]:
@@ -351,7 +469,9 @@ class Checks:
             if table.endswith("-conflicts"):
                 for region in regions:
                     for item in replicas[(table, region)]:
-                        recorded[item["conflict_id"]] = item
+                        # Only this game day's users: a local run keeps the records of earlier game days.
+                        if str(item["item_key"]).split("#")[1] in self.ledger.users:
+                            recorded[item["conflict_id"]] = item
         acked_versions = {v for info in self.ledger.users.values() for v in info["versions"]}
         conflict_users = {str(i["item_key"]).split("#", 1)[1] for i in recorded.values()}
         missing = sorted(self.ledger.injected - conflict_users)
@@ -368,6 +488,10 @@ class Checks:
             },
             "read_your_writes": {"value": len(self.ledger.ryw_violations), "pass": not self.ledger.ryw_violations,
                                  "examples": self.ledger.ryw_violations[:5]},
+            "exactly_once_orders": {**exactly_once, "examples": [*exactly_once["lost"], *exactly_once["duplicated"],
+                                                                 *exactly_once["answers_differ"]][:5]},
+            # A gap means the emulator lost its place in a stream; it resyncs, but the run is not clean.
+            "stream_gaps": {"value": int(replication.get("gaps", 0)), "pass": not replication.get("gaps"), "examples": gaps[:5]},
         }
 
 
@@ -385,6 +509,15 @@ def write_report(metrics: dict[str, Any], samples: list[Sample], marks: list[tup
     for name, check in checks.items():
         value = check.get("value", f"{check.get('recorded')} recorded / {check.get('injected')} injected")
         lines.append(f"| {name} | {'PASS' if check['pass'] else 'FAIL'} | {value} |")
+    if "exactly_once_orders" in checks and "orders" in metrics:
+        e, o = checks["exactly_once_orders"], metrics["orders"]
+        pairs = ", ".join(f"{n} {where}" for where, n in o["concurrent_duplicate_pairs"].items()) or "none"
+        lines += ["", "## Exactly-once orders", "",
+                  f"- {e.get('ok', 0)} placements acknowledged, {e.get('failed', 0)} refused, {e.get('unknown', 0)} with an unknown "
+                  f"outcome, over {e.get('keys', 0)} Idempotency-Keys; sent twice at once: {pairs}.",
+                  f"- every replica: {len(e['lost'])} acknowledged orders missing, {len(e['duplicated'])} keys with two orders, "
+                  f"{len(e['answers_differ'])} keys answered with two ids; {o['duplicates_merged_by_replication']} double executions "
+                  "(same key, two regions) merged by replication."]
     if "failover" in metrics:
         f = metrics["failover"]
         seconds = f"{f['seconds']:.2f}" if f["seconds"] is not None else "never"

@@ -125,8 +125,13 @@ class Supervisor:
             raise RuntimeError(f"services not ready after {timeout:.0f} s: {sorted(pending)}")
 
     def watch(self) -> None:
-        """A child that dies unasked is reported as crashed, never hidden."""
+        """A child that dies unasked is reported as crashed, never hidden; so is every gap the replication
+        emulator finds in a stream (also in the status: ``replication.gaps`` and ``gap_events``)."""
+        gaps_logged = 0
         while True:
+            for gap in self.replicator.gaps[gaps_logged:]:
+                self.log(f"replication GAP in {gap.table}@{gap.region} ({gap.kind}): {gap.detail}; resyncing the table from its replicas")
+            gaps_logged = len(self.replicator.gaps)
             for region, proc in self.regions.items():
                 if proc.state == "serving" and proc.proc and proc.proc.poll() is not None:
                     proc.state = "crashed"

@@ -39,9 +39,17 @@ class Cluster:
                 region = request.url.host.split(".")[0]
                 if router.down.get(region):
                     raise httpx.ConnectError("region down", request=request)
-                return await httpx.ASGITransport(app=router.apps[region]).handle_async_request(request)
+                if router.cut.get(region):
+                    return httpx.Response(502, headers={"X-Meridian-Link": "not-delivered"}, json={"error": "link_down", "message": region})
+                response = await httpx.ASGITransport(app=router.apps[region]).handle_async_request(request)
+                if router.late.get(region):
+                    await response.aread()  # it executed there; its answer never arrives in time
+                    raise httpx.ReadTimeout("answer too late", request=request)
+                return response
 
-        self.down: dict[str, bool] = {}
+        self.down: dict[str, bool] = {}  # connection refused: never delivered
+        self.cut: dict[str, bool] = {}  # the network answers that it could not deliver
+        self.late: dict[str, bool] = {}  # delivered and executed, answer times out
         for region in REGIONS:
             create_tables(self.topology, region)
             settings = Settings(region=region, topology=self.topology, session_key=KEYS["session"], peer_key=KEYS["peer"],
@@ -289,3 +297,244 @@ class TestTaskRoleMatchesCalls:
         cluster.call("eu-west-1", "GET", "/health/ready")
         assert seen <= set(CALLS)
         assert {f"dynamodb:{CALLS[c]}" for c in seen} == set(SERVICE_TABLE_ACTIONS)
+
+
+def orders_in(region: str, user_id: str) -> list[dict[str, Any]]:
+    client, items = boto3.client("dynamodb", region_name=region), []
+    kw: dict[str, Any] = {"TableName": "meridian-api-eu-orders", "KeyConditionExpression": "user_id = :u",
+                          "ExpressionAttributeValues": {":u": {"S": user_id}}}
+    while True:
+        page = client.query(**kw)
+        items += page["Items"]
+        if "LastEvaluatedKey" not in page:
+            return [{k: next(iter(v.values())) for k, v in i.items()} for i in items]
+        kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def replicated_user(cluster: Cluster, region: str = "eu-west-1") -> dict[str, Any]:
+    """A user whose profile and directory entry every region already holds."""
+    u = new_user(cluster, region)
+    cluster.replicate("users", "eu", region, "eu-central-1" if region == "eu-west-1" else "eu-west-1")
+    for other in REGIONS:
+        if other != region:
+            cluster.replicate("directory", "global", region, other)
+    return u
+
+
+class TestExactlyOnceOrders:
+    """D11: one (user, Idempotency-Key) is at most one order, whatever the interleaving."""
+
+    def test_order_id_derived_from_user_and_key_in_home_region(self, cluster: Cluster) -> None:
+        """The order id is a function of (user, key), carries the user's home region, and parses back as derived."""
+        from meridian.ids import parse_id
+        from meridian.store import order_id_for
+
+        u = replicated_user(cluster)
+        r = cluster.call("eu-west-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": "book", "qty": 1},
+                         headers={"Idempotency-Key": "k-1"})
+        assert r.status_code == 201
+        assert r.json()["order_id"] == order_id_for(u["user_id"], "k-1")
+        parsed = parse_id(r.json()["order_id"])
+        assert parsed.derived and parsed.region == "eu-west-1" and parsed.timestamp_ms is None
+
+    def test_same_key_in_two_regions_during_partition_is_one_order_id(self, cluster: Cluster) -> None:
+        """eu-central-1 cannot reach the home region: it executes the key itself (failover); both answers carry
+        the same order id, and each replica holds exactly one item for the key — the same item, which LWW merges."""
+        u = replicated_user(cluster)
+        path, body = f"/v1/users/{u['user_id']}/orders", {"item": "lamp", "qty": 2}
+        cluster.cut["eu-west-1"] = True
+        central = cluster.call("eu-central-1", "POST", path, json=body, headers={"Idempotency-Key": "split"})
+        cluster.cut["eu-west-1"] = False
+        west = cluster.call("eu-west-1", "POST", path, json=body, headers={"Idempotency-Key": "split"})
+        assert central.status_code == west.status_code == 201
+        assert central.headers["X-Meridian-Region"] == "eu-central-1" and west.headers["X-Meridian-Region"] == "eu-west-1"
+        assert central.json()["order_id"] == west.json()["order_id"]
+        for region in ("eu-west-1", "eu-central-1"):
+            assert [o["order_id"] for o in orders_in(region, u["user_id"])] == [west.json()["order_id"]]
+
+    def test_concurrent_duplicates_in_one_region(self, cluster: Cluster) -> None:
+        """40 keys x 2 concurrent executions beside a writer of other keys: one item per key, both callers get its
+        id, and nothing the other writer was told is lost."""
+        import threading
+        import time
+        from concurrent.futures import ThreadPoolExecutor
+
+        u = replicated_user(cluster)
+        store = cluster.services["eu-west-1"].store
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def background() -> None:
+            i = 0
+            while not stop.is_set() and i < 300:
+                order, created, _ = store.create_order("eu", u["user_id"], item="bg", qty=1, idempotency_key=f"bg-{i}")
+                assert created
+                acked.append(str(order["order_id"]))
+                i += 1
+                time.sleep(0.001)  # a steady writer, not one that starves the others of the GIL
+
+        def place(key: str) -> tuple[str, bool]:
+            order, created, _ = store.create_order("eu", u["user_id"], item="dup", qty=1, idempotency_key=key)
+            return str(order["order_id"]), created
+
+        writer = threading.Thread(target=background)
+        writer.start()
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                results = list(pool.map(place, [f"dup-{i // 2}" for i in range(80)]))
+        finally:
+            stop.set()
+            writer.join()
+        for i in range(40):
+            (a, created_a), (b, created_b) = results[2 * i], results[2 * i + 1]
+            # On AWS exactly one of the two creates; moto checks a condition and writes without a lock, so
+            # both may "create" — the SAME item (the id is derived), which is why it is still one order.
+            assert a == b and (created_a or created_b)
+        stored = orders_in("eu-west-1", u["user_id"])
+        per_key: dict[str, int] = {}
+        for o in stored:
+            per_key[o["idempotency_key"]] = per_key.get(o["idempotency_key"], 0) + 1
+        assert max(per_key.values()) == 1
+        assert {r[0] for r in results} | set(acked) == {o["order_id"] for o in stored}
+
+    def test_retry_after_forward_timeout_executes_same_order(self, cluster: Cluster) -> None:
+        """The home region committed but its answer timed out: the order is sent on (it is idempotent by key),
+        executes in eu-central-1 as a failover with the SAME order id; no second order anywhere."""
+        u = replicated_user(cluster)
+        cluster.late["eu-west-1"] = True
+        r = cluster.call("eu-central-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": "x", "qty": 1},
+                         headers={"Idempotency-Key": "slow"})
+        cluster.late["eu-west-1"] = False
+        assert r.status_code == 201 and r.headers["X-Meridian-Region"] == "eu-central-1"
+        west, central = orders_in("eu-west-1", u["user_id"]), orders_in("eu-central-1", u["user_id"])
+        assert [o["order_id"] for o in west] == [o["order_id"] for o in central] == [r.json()["order_id"]]
+
+    def test_non_idempotent_forward_that_may_have_executed_is_never_sent_elsewhere(self, cluster: Cluster) -> None:
+        """A user creation forwarded to eu-west-1 times out after executing: 504 outcome_unknown, not a second
+        user in eu-central-1."""
+        cluster.late["eu-west-1"] = True
+        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": "once@example.com", "name": "Once", "residency": "eu"})
+        cluster.late["eu-west-1"] = False
+        assert r.status_code == 504 and r.json()["error"] == "outcome_unknown"
+        counts = {region: len(boto3.client("dynamodb", region_name=region).scan(TableName="meridian-api-eu-users")["Items"])
+                  for region in ("eu-west-1", "eu-central-1")}
+        assert counts == {"eu-west-1": 1, "eu-central-1": 0}
+
+    def test_not_delivered_forward_goes_to_the_next_region(self, cluster: Cluster) -> None:
+        """The network says the request never reached eu-west-1: even a user creation is safe to send on."""
+        cluster.cut["eu-west-1"] = True
+        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": "a@example.com", "name": "A", "residency": "eu"})
+        assert r.status_code == 201 and r.headers["X-Meridian-Region"] == "eu-central-1"
+
+    def test_replay_is_201_with_the_same_body_and_other_body_is_409(self, cluster: Cluster) -> None:
+        """Documented: a replay answers 201 with the stored order and Idempotent-Replayed: true, from any region."""
+        u = replicated_user(cluster)
+        path = f"/v1/users/{u['user_id']}/orders"
+        first = cluster.call("eu-west-1", "POST", path, json={"item": "a", "qty": 1}, headers={"Idempotency-Key": "r"})
+        cluster.replicate("orders", "eu", "eu-west-1", "eu-central-1")
+        cluster.down["eu-west-1"] = True
+        cluster.services["eu-central-1"].health.mark("eu-west-1", False)
+        again = cluster.call("eu-central-1", "POST", path, json={"item": "a", "qty": 1}, headers={"Idempotency-Key": "r"})
+        other = cluster.call("eu-central-1", "POST", path, json={"item": "b", "qty": 1}, headers={"Idempotency-Key": "r"})
+        assert first.status_code == again.status_code == 201 and "Idempotent-Replayed" not in first.headers
+        assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+        assert other.status_code == 409 and other.json()["error"] == "idempotency_mismatch"
+
+    def test_no_transaction_on_any_path(self, cluster: Cluster) -> None:
+        """No TransactWriteItems: it costs double on AWS, and moto's rollback of a cancelled one erases data."""
+        seen: set[str] = set()
+        for service in cluster.services.values():
+            service.store.client.meta.events.register("before-call.dynamodb.*", lambda model, **_: seen.add(model.name))
+        u = replicated_user(cluster)
+        for _ in range(2):
+            cluster.call("eu-central-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": "x", "qty": 1},
+                         headers={"Idempotency-Key": "t"})
+        assert "PutItem" in seen and not {c for c in seen if c.startswith("Transact")}
+
+
+class TestClearErrors:
+    """Every error is {"error", "message"}, never a traceback; storage trouble is a 503 with Retry-After."""
+
+    def test_id_of_a_region_not_in_the_stack_is_404(self, cluster: Cluster) -> None:
+        for path in ("/v1/users/usr_01M80HSAS49SQMAC95ENHJPDV6_us-west-2", "/v1/users/usr_01M80HSAS49SQMAC95ENHJPDV6_us-west-2/orders"):
+            r = cluster.call("eu-west-1", "GET", path)
+            assert r.status_code == 404 and set(r.json()) == {"error", "message"}
+
+    def test_storage_unreachable_is_503_with_retry_after(self, cluster: Cluster) -> None:
+        from botocore.config import Config
+
+        service = cluster.services["eu-west-1"]
+        dead = boto3.client("dynamodb", region_name="eu-west-1", endpoint_url="http://127.0.0.1:9",
+                            config=Config(retries={"max_attempts": 1}, connect_timeout=0.5, read_timeout=0.5))
+        service.store = Store(client=dead, topology=cluster.topology, region="eu-west-1")
+        r = cluster.call("eu-west-1", "POST", "/v1/users", json={"email": "a@b.c", "name": "x", "residency": "eu"})
+        assert r.status_code == 503 and r.json()["error"] == "storage_unavailable" and r.headers["Retry-After"] == "1"
+        r = cluster.call("eu-west-1", "GET", "/v1/users/usr_01M80HSAS49SQMAC95ENHJPDV6_eu-west-1")
+        assert r.status_code == 503 and r.json()["error"] == "storage_unavailable"
+        r = cluster.call("eu-west-1", "POST", "/v1/counters/c/increment", json={"by": 1})
+        assert r.status_code == 503 and "Retry-After" in r.headers
+
+    def test_body_over_64kb_is_413_before_parsing(self, cluster: Cluster) -> None:
+        for size in (64 * 1024 + 1, 10 * 1024 * 1024):
+            body = b'{"email": "a@b.c", "name": "' + b"x" * size + b'", "residency": "eu"}'
+            r = cluster.call("eu-west-1", "POST", "/v1/users", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+            assert r.headers["X-Meridian-Region"] == "eu-west-1"
+        assert boto3.client("dynamodb", region_name="eu-west-1").scan(TableName="meridian-api-eu-users")["Items"] == []
+
+    def test_streamed_body_over_64kb_is_413(self, cluster: Cluster) -> None:
+        """No Content-Length (chunked): refused as soon as the streamed bytes pass the limit."""
+        async def chunks() -> Any:
+            for _ in range(20):
+                yield b"x" * 8192
+
+        r = cluster.call("eu-west-1", "POST", "/v1/users", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413
+
+    def test_body_at_the_limit_is_parsed(self, cluster: Cluster) -> None:
+        body = b'{"email": "a@b.c", "name": "x", "residency": "eu"}'
+        body += b" " * (64 * 1024 - len(body))
+        r = cluster.call("eu-west-1", "POST", "/v1/users", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 201
+
+    def test_strict_integers(self, cluster: Cluster) -> None:
+        """"5", true and 1.0 are not integers (nor null, nor a list)."""
+        for by in ("5", True, 1.0, None, [1]):
+            r = cluster.call("us-east-1", "POST", "/v1/counters/c/increment", json={"by": by})
+            assert r.status_code == 422 and r.json()["error"] == "invalid_request", by
+        u = new_user(cluster, "eu-west-1")
+        for qty in ("2", True, 2.0):
+            r = cluster.call("eu-west-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": "x", "qty": qty},
+                             headers={"Idempotency-Key": "q"})
+            assert r.status_code == 422, qty
+        assert cluster.call("us-east-1", "POST", "/v1/counters/c/increment", json={"by": 5}).status_code == 200
+
+    def test_control_characters_refused(self, cluster: Cluster) -> None:
+        """C0 (NUL, BEL, ESC, TAB), DEL and C1 are refused in names and emails, at creation and update."""
+        u = new_user(cluster, "eu-west-1")
+        for bad in ("nul\x00", "esc\x1b[31mred", "bell\x07", "del\x7f", "c1\x85", "csi\x9b", "tab\t"):
+            r = cluster.call("eu-west-1", "POST", "/v1/users", json={"email": "a@b.c", "name": bad, "residency": "eu"})
+            assert r.status_code == 422 and "control characters" in r.json()["message"], bad
+            r = cluster.call("eu-west-1", "POST", "/v1/users", json={"email": f"a{bad}@b.c", "name": "x", "residency": "eu"})
+            assert r.status_code == 422, bad
+            r = cluster.call("eu-west-1", "PUT", f"/v1/users/{u['user_id']}", json={"name": bad})
+            assert r.status_code == 422, bad
+        assert cluster.call("eu-west-1", "PUT", f"/v1/users/{u['user_id']}", json={"name": "Zoë Ångström"}).status_code == 200
+
+    def test_strings_must_be_strings(self, cluster: Cluster) -> None:
+        r = cluster.call("eu-west-1", "POST", "/v1/users", json={"email": "a@b.c", "name": 5, "residency": "eu"})
+        assert r.status_code == 422
+
+    def test_unknown_route_wrong_method_malformed_json(self, cluster: Cluster) -> None:
+        r = cluster.call("eu-west-1", "GET", "/v2/nothing")
+        assert r.status_code == 404 and set(r.json()) == {"error", "message"} and r.json()["error"] == "not_found"
+        r = cluster.call("eu-west-1", "DELETE", "/v1/users")
+        assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
+        r = cluster.call("eu-west-1", "POST", "/v1/users", content=b'{"email": ', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_json" and r.json()["message"]
+
+    def test_idempotency_key_with_control_characters_400(self, cluster: Cluster) -> None:
+        u = new_user(cluster, "eu-west-1")
+        r = cluster.call("eu-west-1", "POST", f"/v1/users/{u['user_id']}/orders", json={"item": "x", "qty": 1},
+                         headers={"Idempotency-Key": "k\x7f"})
+        assert r.status_code == 400 and r.json()["error"] == "idempotency_key_required"

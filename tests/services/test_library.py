@@ -45,6 +45,26 @@ class TestIds:
         b = new_id("ord", "ap-southeast-1", now_ms=2000)
         assert a < b
 
+    def test_derived_id_is_a_function_of_its_parts(self) -> None:
+        """Same (user, key) -> same id in every process; any other part -> another id; it keeps the region."""
+        from meridian.ids import derived_id
+
+        a = derived_id("ord", "eu-west-1", "usr_1", "key")
+        assert a == derived_id("ord", "eu-west-1", "usr_1", "key")
+        others = {derived_id("ord", "eu-west-1", "usr_1", "key2"), derived_id("ord", "eu-west-1", "usr_2", "key"),
+                  derived_id("ord", "eu-central-1", "usr_1", "key"), derived_id("ord", "eu-west-1", "usr_1k", "ey")}
+        assert a not in others and len(others) == 4
+        parsed = parse_id(a)
+        assert (parsed.prefix, parsed.region, parsed.derived, parsed.timestamp_ms) == ("ord", "eu-west-1", True, None)
+        assert not parse_id(new_id("ord", "eu-west-1")).derived
+
+    @settings(max_examples=100)
+    @given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20))
+    def test_derived_ids_of_different_parts_differ(self, a: str, b: str, c: str, d: str) -> None:
+        from meridian.ids import derived_id
+
+        assert (derived_id("ord", "us-east-1", a, b) == derived_id("ord", "us-east-1", c, d)) == ((a, b) == (c, d))
+
     @pytest.mark.parametrize("bad", ["", "ord_123_us-east-1", "ORD_0000000000000000000000000_us-east-1", "usr_01HX"])
     def test_rejects_non_ids(self, bad: str) -> None:
         with pytest.raises(IdError):

@@ -2,22 +2,36 @@
 
 Every response carries ``X-Meridian-Region`` (where it executed); writes return ``X-Meridian-Session``.
 A request arriving in the wrong region is forwarded (HMAC-signed) to the region that must execute it;
-a signed forwarded request executes where it lands, never forwarded again.
+a signed forwarded request executes where it lands, never forwarded again. A forward that may have
+been executed (a timeout, a reset after sending) is sent to another region only when the request is
+idempotent (reads, PUT, orders: their id is derived from the Idempotency-Key); otherwise the answer is
+504 ``outcome_unknown``, never a second execution.
+
+Orders: the first execution answers 201; the same Idempotency-Key again — here, in another region, on
+either side of a partition — answers 201 with the same ``order_id`` and the stored order, marked
+``Idempotent-Replayed: true``; the same key with another body is 409 ``idempotency_mismatch``.
+
+Errors are always ``{"error": code, "message": text}``: unknown routes (404/405), malformed JSON (400),
+invalid fields (422), bodies over 64 KB (413, refused before parsing), storage unreachable (503
+``storage_unavailable`` with ``Retry-After``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 from fastapi import FastAPI, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meridian import __version__
 from meridian.geo import nearest
@@ -34,33 +48,59 @@ REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
 FAILOVER_HEADER = "X-Meridian-Failover"
 HLC_HEADER = "X-Meridian-HLC"
+#: Set by the (emulated) network on an answer it gave itself because the request never reached the
+#: region (partition, region down): safe to send elsewhere, whatever the request.
+LINK_HEADER = "X-Meridian-Link"
+NOT_DELIVERED = "not-delivered"
 DIRECTORY_CACHE_SIZE = 100_000
+#: Largest request body accepted (413 above it, before anything parses it). The edge applies the same.
+MAX_BODY_BYTES = 64 * 1024
+#: Seconds a client is asked to wait after a 503 for unavailable storage.
+RETRY_AFTER_SECONDS = 1
+_PASSTHROUGH = {REGION_HEADER.lower(), SESSION_HEADER.lower(), "idempotent-replayed", "retry-after"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_KEY = re.compile(r"^[\x20-\x7e]{1,128}$")
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters (C0, DEL, C1: NUL, ESC, ...) are not allowed")
+    return value
+
+
+#: A string that is a JSON string (never a number coerced) and holds no control character.
+Text = Annotated[StrictStr, AfterValidator(_no_control)]
+EMAIL = r"^[^@\s]+@[^@\s]+$"
 
 
 class NewUser(BaseModel):
-    email: str = Field(min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
-    name: str = Field(min_length=1, max_length=200)
-    residency: str = Field(min_length=1, max_length=32)
+    email: Text = Field(min_length=3, max_length=254, pattern=EMAIL)
+    name: Text = Field(min_length=1, max_length=200)
+    residency: Text = Field(min_length=1, max_length=32)
 
 
 class UserUpdate(BaseModel):
-    email: str | None = Field(default=None, min_length=3, max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")
-    name: str | None = Field(default=None, min_length=1, max_length=200)
+    email: Text | None = Field(default=None, min_length=3, max_length=254, pattern=EMAIL)
+    name: Text | None = Field(default=None, min_length=1, max_length=200)
 
 
 class NewOrder(BaseModel):
-    item: str = Field(min_length=1, max_length=200)
-    qty: int = Field(ge=1, le=10_000)
+    item: Text = Field(min_length=1, max_length=200)
+    qty: StrictInt = Field(ge=1, le=10_000)  # "5", true and 1.0 are not integers
 
 
 class Increment(BaseModel):
-    by: int = Field(ge=1, le=1_000_000)
+    by: StrictInt = Field(ge=1, le=1_000_000)
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": code, "message": message}).encode()
 
 
 class Service:
@@ -103,15 +143,30 @@ class Service:
         self._directory[user_id] = (str(entry["home_region"]), str(entry["zone"]))
         return self._directory[user_id]
 
+    def cached_home(self, user_id: str) -> tuple[str, str] | None:
+        return self._directory.get(user_id)
+
     def healthy(self) -> dict[str, bool]:
         return self.health.snapshot()
 
     # -- forwarding ---------------------------------------------------------------------------------------
-    async def forward(self, request: Request, body: bytes, targets: list[str], *, failover: bool) -> Response:
-        """Send the request to the first target that answers; a dead target is retried once on the next."""
+    async def forward(self, request: Request, body: bytes, targets: list[str], *, failover: bool, idempotent: bool | None = None) -> Response:
+        """Send the request to the first target that answers.
+
+        The next target (a failover) is tried only when the request certainly did not reach the first
+        (connection refused or timed out, the network or load balancer answered that it could not reach
+        the region), or when the request is ``idempotent`` — safe to execute twice: reads, PUT, and orders,
+        whose id is derived from the Idempotency-Key. A non-idempotent request that may have executed
+        (read timeout, reset after sending, 502/504 from the load balancer) is 504 ``outcome_unknown``:
+        a second execution elsewhere would create a second thing."""
+        if idempotent is None:
+            idempotent = request.method in ("GET", "HEAD", "PUT", "DELETE")
         last_error = ""
         for target in targets[:2]:
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            if target not in self.settings.peers:
+                last_error = f"{target}: no address"
+                continue
             headers = sign_request(self.settings.peer_key, request.method, path, body, self.region)
             headers["content-type"] = "application/json"
             headers[HLC_HEADER] = self.store.clock.now().encode()
@@ -122,20 +177,39 @@ class Service:
                 headers[FAILOVER_HEADER] = "1"
             try:
                 resp = await self.http.request(request.method, self.settings.peer_url(target) + path, content=body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Never sent: safe to send elsewhere.
+                self.health.record(target, False)
+                last_error, failover = f"{target}: {type(exc).__name__}", True
+                continue
             except httpx.HTTPError as exc:
                 self.health.record(target, False)
-                last_error = f"{target}: {type(exc).__name__}"
-                failover = True
+                if not idempotent:
+                    raise self._unknown(target, type(exc).__name__) from None
+                last_error, failover = f"{target}: {type(exc).__name__} (may have executed; idempotent, so sent on)", True
                 continue
-            if resp.status_code in (502, 504):
-                # The load balancer (or, locally, the emulated network) could not reach the region.
+            from_service = REGION_HEADER.lower() in (k.lower() for k in resp.headers)
+            if resp.headers.get(LINK_HEADER) == NOT_DELIVERED or (resp.status_code == 503 and not from_service):
+                # The network or the load balancer could not reach the region: nothing executed there.
                 self.health.record(target, False)
-                last_error = f"{target}: HTTP {resp.status_code}"
-                failover = True
+                last_error, failover = f"{target}: HTTP {resp.status_code} (not delivered)", True
                 continue
-            passthrough = {k: v for k, v in resp.headers.items() if k.lower() in (REGION_HEADER.lower(), SESSION_HEADER.lower(), "idempotent-replayed")}
+            if resp.status_code in (502, 504) and not from_service:
+                # The load balancer lost the answer: the region may have executed the request.
+                self.health.record(target, False)
+                if not idempotent:
+                    raise self._unknown(target, f"HTTP {resp.status_code}")
+                last_error, failover = f"{target}: HTTP {resp.status_code} (may have executed; idempotent, so sent on)", True
+                continue
+            passthrough = {k: v for k, v in resp.headers.items() if k.lower() in _PASSTHROUGH}
             return Response(content=resp.content, status_code=resp.status_code, headers=passthrough, media_type="application/json")
-        raise ApiError(503, "region_unavailable", f"no region of the zone answered ({last_error}); retry later")
+        raise ApiError(503, "region_unavailable", f"no region of the zone answered ({last_error}); retry later",
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @staticmethod
+    def _unknown(target: str, why: str) -> ApiError:
+        return ApiError(504, "outcome_unknown", f"{target} did not answer ({why}): the request may have executed there, "
+                        "so it was not sent to another region; check its effect before repeating it")
 
     def zone_regions(self, zone: str) -> list[str]:
         try:
@@ -193,6 +267,59 @@ class RegionHeader:
         await self.app(scope, receive, stamped)
 
 
+class BodyLimit:
+    """Pure ASGI middleware: a body over ``limit`` bytes is refused with 413 before anything parses it —
+    at once when Content-Length declares it, else as soon as the streamed bytes pass the limit. The
+    body (at most ``limit`` bytes) is buffered and handed to the app unchanged."""
+
+    def __init__(self, app: Any, *, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers", []) if k.lower() == b"content-length"), None)
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.limit
+            except ValueError:
+                await self._refuse(send, 400, "invalid_request", "Content-Length is not a number")
+                return
+            if too_big:
+                await self._refuse(send, 413, "payload_too_large", f"request body of {int(declared)} bytes is over the {self.limit}-byte limit")
+                return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await self._refuse(send, 413, "payload_too_large", f"request body is over the {self.limit}-byte limit")
+                return
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(send: Any, status: int, code: str, message: str) -> None:
+        content = error_body(code, message)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": content})
+
+
 def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -205,15 +332,26 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="Meridian regional service", version=__version__, lifespan=lifespan)
     region = service.region
 
-    app.add_middleware(RegionHeader, region=region)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(RegionHeader, region=region)  # outermost: stamps the 413s too
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status, headers={REGION_HEADER: region})
+        return JSONResponse({"error": exc.code, "message": exc.message}, status_code=exc.status, headers={REGION_HEADER: region, **exc.headers})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return JSONResponse({"error": "invalid_json", "message": f"the request body is not valid JSON: {first.get('ctx', {}).get('error', 'decode error')}"},
+                                status_code=400)
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return JSONResponse({"error": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
 
@@ -223,7 +361,13 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
-        return JSONResponse({"error": "storage_unavailable", "message": str(exc)}, status_code=503)
+        return JSONResponse({"error": "storage_unavailable", "message": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug: the client gets the envelope, never a traceback (the server log keeps it).
+        return JSONResponse({"error": "internal_error", "message": f"unexpected {type(exc).__name__}; it was logged"}, status_code=500)
 
     async def peer_call(request: Request, body: bytes) -> bool:
         """True for a signed call from another region (executes here); 401 for a bad signature."""
@@ -240,21 +384,27 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(400, "peer_clock", str(exc)) from None
         return True
 
-    def user_home(user_id: str) -> tuple[str, str] | None:
+    async def user_home(user_id: str) -> tuple[str, str] | None:
+        """(home, zone) of a user id; 404 for what cannot be one: not an id, or an id of a region that is
+        not in this stack (no user can live there)."""
         try:
-            parse_id(user_id)
+            parsed = parse_id(user_id)
         except IdError:
             raise ApiError(404, "not_found", f"no user {user_id!r}") from None
-        return service.locate(user_id)
+        if parsed.prefix != "usr" or parsed.derived or parsed.region not in service.topology.regions:
+            raise ApiError(404, "not_found", f"no user {user_id!r} (not a user id of this deployment's regions)")
+        cached = service.cached_home(user_id)
+        return cached if cached is not None else await asyncio.to_thread(service.locate, user_id)
 
     async def route(request: Request, body: bytes, user_id: str, *, kind: Literal["read", "write"], table: str,
-                    token: SessionToken | None, local_version: Any = None) -> tuple[Decision, str | None, Response | None]:
-        located = user_home(user_id)
+                    token: SessionToken | None, local_version: Any = None,
+                    idempotent: bool | None = None) -> tuple[Decision, str | None, Response | None]:
+        located = await user_home(user_id)
         if located is None:
             origin = parse_id(user_id).region
             if origin != region and service.health.is_healthy(origin):
                 return Decision("forward", origin, "directory not replicated here yet; the id's origin region knows"), None, \
-                    await service.forward(request, body, [origin], failover=False)
+                    await service.forward(request, body, [origin], failover=False, idempotent=idempotent)
             raise ApiError(404, "not_found", f"no user {user_id!r}")
         home, zone = located
         zone_regions = service.zone_regions(zone)
@@ -269,8 +419,10 @@ def create_app(service: Service) -> FastAPI:
         if decision.action in ("forward", "failover") and decision.region != region:
             try:
                 return decision, zone, await service.forward(request, body, service.targets_for(decision, zone_regions),
-                                                             failover=decision.action == "failover")
+                                                             failover=decision.action == "failover", idempotent=idempotent)
             except ApiError as exc:
+                if exc.code == "outcome_unknown":
+                    raise  # it may have executed there: executing it here too could do it twice
                 if kind == "read" and not ok:
                     # Never answer a read from a replica that lacks the session's writes.
                     raise ApiError(503, "session_unavailable", f"the session's writes are in {decision.region}, "
@@ -308,7 +460,8 @@ def create_app(service: Service) -> FastAPI:
             candidates = [r for r in nearest(region, zone_regions) if service.health.is_healthy(r)]
             if not candidates:
                 raise ApiError(503, "zone_unavailable", f"no healthy region in zone {payload.residency!r}; nothing was written")
-            return await service.forward(request, body, candidates, failover=False)
+            # Not idempotent: a forward that may have executed is never sent to a second region.
+            return await service.forward(request, body, candidates, failover=False, idempotent=False)
         user, hlc = await asyncio.to_thread(
             service.store.create_user, email=payload.email, name=payload.name, zone=payload.residency,
             failover=request.headers.get(FAILOVER_HEADER) == "1")
@@ -320,15 +473,17 @@ def create_app(service: Service) -> FastAPI:
         return {k: item[k] for k in ("user_id", "email", "name", "zone", "home_region", "version") if k in item}
 
     async def placement(request: Request, body: bytes, user_id: str, *, kind: Literal["read", "write"], table: str,
-                        token: SessionToken | None, local_version: Any = None) -> tuple[str, bool, Response | None]:
+                        token: SessionToken | None, local_version: Any = None,
+                        idempotent: bool | None = None) -> tuple[str, bool, Response | None]:
         """(zone, failover?, forwarded response) for a request about ``user_id``. A signed call from another
         region executes here as it is; anything else goes through the routing decision."""
         if await peer_call(request, body):
-            located = service.locate(user_id)
+            located = await user_home(user_id)
             if located is None:
                 raise ApiError(404, "not_found", f"no user {user_id!r}")
             return located[1], request.headers.get(FAILOVER_HEADER) == "1", None
-        decision, zone, forwarded = await route(request, body, user_id, kind=kind, table=table, token=token, local_version=local_version)
+        decision, zone, forwarded = await route(request, body, user_id, kind=kind, table=table, token=token,
+                                                local_version=local_version, idempotent=idempotent)
         assert zone is not None or forwarded is not None
         return zone or "", decision.action == "failover", forwarded
 
@@ -369,11 +524,13 @@ def create_app(service: Service) -> FastAPI:
     async def create_order(request: Request, user_id: str, payload: NewOrder,
                            idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
                            x_meridian_session: str | None = Header(default=None)) -> Response:
-        if not idempotency_key or len(idempotency_key) > 128:
-            raise ApiError(400, "idempotency_key_required", "send an Idempotency-Key header (1-128 characters) with every order")
+        if not idempotency_key or not _KEY.match(idempotency_key):
+            raise ApiError(400, "idempotency_key_required",
+                           "send an Idempotency-Key header (1-128 printable ASCII characters) with every order")
         body = await request.body()
         token = service.token(x_meridian_session)
-        zone, _, forwarded = await placement(request, body, user_id, kind="write", table="orders", token=token)
+        # Idempotent by key: the order's id is derived from it, so a second execution anywhere writes the same item.
+        zone, _, forwarded = await placement(request, body, user_id, kind="write", table="orders", token=token, idempotent=True)
         if forwarded is not None:
             return forwarded
         try:
@@ -405,8 +562,8 @@ def create_app(service: Service) -> FastAPI:
     # -- counters (every region increments its own shard: no forwarding) ---------------------------------
     @app.post("/v1/counters/{name}/increment")
     async def increment(name: str, payload: Increment, x_meridian_session: str | None = Header(default=None)) -> Response:
-        if not 1 <= len(name) <= 128:
-            raise ApiError(400, "invalid_counter", "counter names are 1-128 characters")
+        if not 1 <= len(name) <= 128 or _CONTROL.search(name):
+            raise ApiError(400, "invalid_counter", "counter names are 1-128 characters, without control characters")
         token = service.token(x_meridian_session)
         hlc = await asyncio.to_thread(service.store.increment, name, payload.by)
         value = await asyncio.to_thread(service.store.counter, name)
@@ -414,6 +571,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/counters/{name}")
     async def counter(name: str) -> Response:
+        if not 1 <= len(name) <= 128 or _CONTROL.search(name):
+            raise ApiError(400, "invalid_counter", "counter names are 1-128 characters, without control characters")
         return JSONResponse(await asyncio.to_thread(service.store.counter, name))
 
     return app
