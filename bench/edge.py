@@ -42,6 +42,7 @@ async def throughput(edge: str, seconds: float = 8.0, clients: int = 8) -> tuple
         r = await c.post("/v1/users", json={"email": "b@example.com", "name": "bench", "residency": "global"},
                          headers={"X-Meridian-Client-Region": "us-east-1"})
         user = r.json()["user_id"]
+        c.headers["Authorization"] = f"Bearer {r.json()['token']}"
         done = 0
         stop = time.perf_counter() + seconds
 

@@ -21,6 +21,7 @@ import boto3
 import httpx
 
 from meridian.api.app import Service, create_app
+from meridian.keys import KeyRing
 from meridian.routing import decide
 from meridian.settings import Settings
 from meridian.store import Store, to_item
@@ -60,7 +61,8 @@ def main() -> None:
                 KeySchema=[{"AttributeName": spec.hash_key.name, "KeyType": "HASH"}],
                 AttributeDefinitions=[{"AttributeName": spec.hash_key.name, "AttributeType": "S"}],
             )
-        settings = Settings(region="eu-west-1", topology=topology, session_key=b"s" * 32, peer_key=b"p" * 32, peers={}, probe_interval=0)
+        rings = {name: KeyRing.single(name[0].encode() * 32) for name in ("session_key", "peer_key", "user_key", "operator_key")}
+        settings = Settings(region="eu-west-1", topology=topology, **rings, peers={}, probe_interval=0)
         service = Service(settings, Store(client=client, topology=topology, region="eu-west-1"))
         app = create_app(service)
         user, _ = service.store.create_user(email="a@b.c", name="bench", zone="global")
@@ -68,7 +70,8 @@ def main() -> None:
 
         async def through_app() -> tuple[list[float], list[float]]:
             writes, reads = [], []
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as c:
+            auth = {"Authorization": f"Bearer {service.users.issue(user.user_id)}"}
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers=auth) as c:
                 for i in range(N):
                     t = time.perf_counter()
                     r = await c.put(f"/v1/users/{user.user_id}", json={"name": f"n{i}"})

@@ -81,7 +81,7 @@ def define_stack(topology: Topology) -> dict[str, Any]:
     secret = aws.secretsmanager.Secret(
         "session-keys",
         name=f"{layout.resource_prefix(topology)}/session-keys",
-        description="Meridian HMAC keys: session tokens (session) and region-to-region calls (peer)",
+        description="Meridian key rings: session tokens (session), region-to-region calls (peer), user tokens (users), operator credential (operator)",
         replicas=[aws.secretsmanager.SecretReplicaArgs(region=r) for r in topology.regions if r != primary],
         recovery_window_in_days=7,
         opts=pulumi.ResourceOptions(provider=providers[primary]),
@@ -89,10 +89,13 @@ def define_stack(topology: Topology) -> dict[str, Any]:
     invoke = pulumi.InvokeOutputOptions(provider=providers[primary])
     session_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
     peer_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
+    user_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
+    operator_key = aws.secretsmanager.get_random_password_output(password_length=48, exclude_punctuation=True, opts=invoke)
     aws.secretsmanager.SecretVersion(
         "session-keys",
         secret_id=secret.id,
-        secret_string=pulumi.Output.json_dumps({"session": session_key.random_password, "peer": peer_key.random_password}),
+        secret_string=pulumi.Output.json_dumps({"session": session_key.random_password, "peer": peer_key.random_password,
+                                                "users": user_key.random_password, "operator": operator_key.random_password}),
         opts=pulumi.ResourceOptions(provider=providers[primary], ignore_changes=["secretString"]),
     )
 

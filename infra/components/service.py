@@ -67,6 +67,8 @@ def container_definition(*, topology: Topology, region: str, image: str, log_gro
         "secrets": [
             {"name": "MERIDIAN_SESSION_KEY", "valueFrom": f"{secret_arn}:session::"},
             {"name": "MERIDIAN_PEER_KEY", "valueFrom": f"{secret_arn}:peer::"},
+            {"name": "MERIDIAN_USER_KEY", "valueFrom": f"{secret_arn}:users::"},
+            {"name": "MERIDIAN_OPERATOR_KEY", "valueFrom": f"{secret_arn}:operator::"},
         ],
         "healthCheck": {"command": health_check_command(port), **HEALTH_CHECK_TIMING},
         "readonlyRootFilesystem": True,

@@ -1,6 +1,7 @@
 """Read-your-writes session tokens: HMAC-signed, carrying where and when the session last wrote.
 
-A token is ``base64url(json).base64url(hmac_sha256)``. It holds the region of the session's last write,
+A token is ``base64url(json).base64url(hmac_sha256)``; the JSON names the key that signed it (``k``, a
+key id of the session key ring, see :mod:`meridian.keys`), so the key rotates without ending sessions. It holds the region of the session's last write,
 the highest HLC it wrote, the scope (user id or counter name) and per-table watermarks. A read presenting
 it is served locally only when the local replica holds the write (see :func:`satisfied`). A forged,
 malformed or expired token raises :class:`TokenError`, which the API turns into a 400/401.
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from meridian.hlc import Timestamp, Version
+from meridian.keys import KeyRing
 
 __all__ = ["SessionToken", "TokenError", "sign", "verify"]
 
@@ -57,26 +59,36 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign(token: SessionToken, key: bytes, *, now: float | None = None) -> str:
+def _ring(key: KeyRing | bytes) -> KeyRing:
+    return key if isinstance(key, KeyRing) else KeyRing.single(key)
+
+
+def sign(token: SessionToken, key: KeyRing | bytes, *, now: float | None = None) -> str:
+    ring = _ring(key)
     expires = int((time.time() if now is None else now) + TTL_SECONDS)
     body = json.dumps(
-        {"r": token.region, "h": token.hlc.encode(), "s": token.scope, "t": token.tables, "e": expires},
+        {"r": token.region, "h": token.hlc.encode(), "s": token.scope, "t": token.tables, "e": expires, "k": ring.current},
         separators=(",", ":"), sort_keys=True,
     ).encode()
-    mac = hmac.new(key, body, hashlib.sha256).digest()
+    mac = hmac.new(ring.signing_key, body, hashlib.sha256).digest()
     return f"{_b64(body)}.{_b64(mac)}"
 
 
-def verify(text: str, key: bytes, *, now: float | None = None) -> SessionToken:
+def verify(text: str, key: KeyRing | bytes, *, now: float | None = None) -> SessionToken:
+    ring = _ring(key)
     try:
         body_part, mac_part = text.split(".")
         body, mac = _unb64(body_part), _unb64(mac_part)
+        data = json.loads(body)
+        kid = data.get("k", ring.current) if isinstance(data, dict) else None
     except ValueError:
         raise TokenError("session token is malformed") from None
-    if not hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest()):
+    secret = ring.get(kid) if isinstance(kid, str) else None
+    if secret is None:
+        raise TokenError("session token was signed with a key that is no longer accepted; start a new session")
+    if not hmac.compare_digest(mac, hmac.new(secret, body, hashlib.sha256).digest()):
         raise TokenError("session token signature does not verify")
     try:
-        data = json.loads(body)
         token = SessionToken(
             region=str(data["r"]), hlc=Timestamp.decode(data["h"]), scope=str(data["s"]),
             tables={str(k): str(v) for k, v in data["t"].items()}, expires_at=int(data["e"]),

@@ -7,6 +7,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from meridian.auth import OidcIssuer
+from meridian.keys import KeyRing, KeyRingError
 from meridian.topology import Topology, TopologyError
 
 __all__ = ["Settings"]
@@ -16,8 +18,12 @@ __all__ = ["Settings"]
 class Settings:
     region: str
     topology: Topology
-    session_key: bytes
-    peer_key: bytes
+    session_key: KeyRing  # read-your-writes session tokens
+    peer_key: KeyRing  # region-to-region signatures
+    user_key: KeyRing  # built-in user bearer tokens (JWT HS256)
+    operator_key: KeyRing  # the operator credential(s)
+    oidc: OidcIssuer | None = None  # an external identity provider for user tokens (meridian.auth)
+    builtin_tokens: bool = True
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> base URL
     probe_interval: float = 10.0  # seconds between probes of peers' /health/ready (0: no probing)
     forward_timeout: float = 2.0
@@ -28,7 +34,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        missing = [k for k in ("MERIDIAN_REGION", "MERIDIAN_TOPOLOGY", "MERIDIAN_SESSION_KEY", "MERIDIAN_PEER_KEY") if not env.get(k)]
+        required = ("MERIDIAN_REGION", "MERIDIAN_TOPOLOGY", "MERIDIAN_SESSION_KEY", "MERIDIAN_PEER_KEY", "MERIDIAN_USER_KEY",
+                    "MERIDIAN_OPERATOR_KEY")
+        missing = [k for k in required if not env.get(k)]
         if missing:
             raise TopologyError(f"environment lacks {', '.join(missing)}; the ECS task definition (or meridian up --local) sets them")
         topology = Topology.from_json(env["MERIDIAN_TOPOLOGY"])
@@ -39,11 +47,28 @@ class Settings:
         peers = {r: template.format(region=r) for r in topology.regions}
         if env.get("MERIDIAN_PEERS"):
             peers.update(json.loads(env["MERIDIAN_PEERS"]))
+        def ring(name: str) -> KeyRing:
+            try:
+                return KeyRing.parse(env[name], name=name)
+            except KeyRingError as exc:
+                raise TopologyError(str(exc)) from None
+
+        oidc = None
+        if env.get("MERIDIAN_OIDC_ISSUER"):
+            absent = [k for k in ("MERIDIAN_OIDC_JWKS_URL", "MERIDIAN_OIDC_AUDIENCE") if not env.get(k)]
+            if absent:
+                raise TopologyError(f"MERIDIAN_OIDC_ISSUER is set but {', '.join(absent)} is not; set both (see meridian.auth)")
+            oidc = OidcIssuer(issuer=env["MERIDIAN_OIDC_ISSUER"], jwks_url=env["MERIDIAN_OIDC_JWKS_URL"],
+                              audience=env["MERIDIAN_OIDC_AUDIENCE"], user_claim=env.get("MERIDIAN_OIDC_USER_CLAIM", "sub"))
         return cls(
             region=region,
             topology=topology,
-            session_key=env["MERIDIAN_SESSION_KEY"].encode(),
-            peer_key=env["MERIDIAN_PEER_KEY"].encode(),
+            session_key=ring("MERIDIAN_SESSION_KEY"),
+            peer_key=ring("MERIDIAN_PEER_KEY"),
+            user_key=ring("MERIDIAN_USER_KEY"),
+            operator_key=ring("MERIDIAN_OPERATOR_KEY"),
+            oidc=oidc,
+            builtin_tokens=env.get("MERIDIAN_BUILTIN_TOKENS", "1") != "0",
             peers=peers,
             probe_interval=float(env.get("MERIDIAN_PROBE_INTERVAL", topology.routing.health_check_interval)),
             forward_timeout=float(env.get("MERIDIAN_FORWARD_TIMEOUT", "2.0")),

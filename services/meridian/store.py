@@ -24,7 +24,7 @@ from meridian.hlc import HLC, Timestamp, Version
 from meridian.ids import derived_id, new_id, parse_id
 from meridian.topology import Topology
 
-__all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserRecord", "order_id_for", "order_request_hash"]
+__all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserExists", "UserRecord", "order_id_for", "order_request_hash"]
 
 #: The DynamoDB API calls this module makes -> the IAM action each needs. The task role
 #: (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these. No TransactWriteItems: a transaction costs
@@ -43,6 +43,10 @@ class StoreError(RuntimeError):
 
 class ResidencyViolation(PermissionError):
     """A zone's data asked of a region outside the zone."""
+
+
+class UserExists(ValueError):
+    """A user creation whose (derived) id is taken: the same creation executed twice."""
 
 
 class IdempotencyMismatch(ValueError):
@@ -142,15 +146,21 @@ class Store:
         return from_item(item) if item else None
 
     # -- users ----------------------------------------------------------------------------------------------
-    def create_user(self, *, email: str, name: str, zone: str, failover: bool = False) -> tuple[UserRecord, Timestamp]:
+    def create_user(self, *, email: str, name: str, zone: str, failover: bool = False,
+                    derived_from: str | None = None) -> tuple[UserRecord, Timestamp]:
+        """``derived_from`` (a forwarded call's signed nonce) makes the id a function of the call, so the
+        same call executed twice collides (:class:`UserExists`) instead of creating two users."""
         users = self.table(zone, "users")
         directory = self.table(zone, "directory")
-        user_id = new_id("usr", self.region)
+        user_id = derived_id("usr", self.region, derived_from) if derived_from else new_id("usr", self.region)
         hlc, version, _ = self._stamp(None)
         item = {"user_id": user_id, "email": email, "name": name, "zone": zone, "home_region": self.region,
                 "version": version, "base": None, "origin_region": self.region, "failover": failover,
                 "updated_at": int(time.time() * 1000)}
-        self._call("put_item", TableName=users, Item=to_item(item), ConditionExpression="attribute_not_exists(user_id)")
+        try:
+            self._call("put_item", TableName=users, Item=to_item(item), ConditionExpression="attribute_not_exists(user_id)")
+        except ClientError:
+            raise UserExists(f"user {user_id} exists") from None
         # The directory holds pointers only: no profile field leaves the zone.
         self._call("put_item", TableName=directory, Item=to_item(
             {"user_id": user_id, "home_region": self.region, "zone": zone, "version": version, "origin_region": self.region}))

@@ -167,6 +167,7 @@ class GameDay:
         self.http = httpx.AsyncClient(base_url=self.edge, timeout=10.0, limits=httpx.Limits(max_connections=64))
         self.stop = asyncio.Event()
         self.sessions: dict[str, str] = {}
+        self.tokens: dict[str, str] = {}
         #: Each client (worker) owns its users and their sessions: read-your-writes is a per-session promise.
         self.worker_users: dict[int, list[str]] = defaultdict(list)
 
@@ -174,6 +175,9 @@ class GameDay:
     async def request(self, place: str, op: str, method: str, path: str, *, json_body: Any = None,
                       headers: dict[str, str] | None = None) -> httpx.Response | None:
         headers = {"X-Meridian-Client-Region": place, **(headers or {})}
+        user = path.split("/")[3] if path.startswith("/v1/users/") else None
+        if user in self.tokens:  # the user's bearer token, from its creation
+            headers["Authorization"] = f"Bearer {self.tokens[user]}"
         retried = False
         for attempt in range(2):
             start = time.time()
@@ -204,6 +208,7 @@ class GameDay:
         user = resp.json()["user_id"]
         self.ledger.users[user] = {"zone": zone, "versions": [], "place": place}
         self.sessions[user] = resp.headers["X-Meridian-Session"]
+        self.tokens[user] = resp.json()["token"]
         self.worker_users[owner].append(user)
         return str(user)
 

@@ -193,8 +193,8 @@ class TestServiceImage:
         import sys
 
         dockerfile = (ROOT / "services" / "Dockerfile").read_text()
-        installed = {"fastapi", "uvicorn", "httpx", "boto3", "botocore", "pydantic", "starlette", "yaml"}
-        for name in ("fastapi", "uvicorn", "httpx", "boto3", "pyyaml"):
+        installed = {"fastapi", "uvicorn", "httpx", "boto3", "botocore", "pydantic", "starlette", "yaml", "jwt", "cryptography"}
+        for name in ("fastapi", "uvicorn", "httpx", "boto3", "pyyaml", "pyjwt[crypto]"):
             assert f'"{name}' in dockerfile
         imported: set[str] = set()
         for path in (ROOT / "services" / "meridian").rglob("*.py"):

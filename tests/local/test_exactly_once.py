@@ -84,6 +84,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     assert stop_local(root / "state") == []
 
 
+#: user id -> the bearer token its creation answered (clients of every scenario share them)
+TOKENS: dict[str, str] = {}
+
+
 class Client:
     """An async client through the edge that records every order in a history."""
 
@@ -95,6 +99,7 @@ class Client:
         r = await self.http.post("/v1/users", json={"email": email, "name": "H", "residency": "eu"},
                                  headers={"X-Meridian-Client-Region": place})
         assert r.status_code == 201, r.text
+        TOKENS[r.json()["user_id"]] = r.json()["token"]
         return str(r.json()["user_id"])
 
     async def order(self, place: str, user: str, key: str, body: dict[str, Any] | None = None) -> httpx.Response | None:
@@ -102,7 +107,8 @@ class Client:
         op = self.history.invoke(place, "order", (user, key), body)
         try:
             r = await self.http.post(f"/v1/users/{user}/orders", json=body,
-                                     headers={"X-Meridian-Client-Region": place, "Idempotency-Key": key})
+                                     headers={"X-Meridian-Client-Region": place, "Idempotency-Key": key,
+                                              "Authorization": f"Bearer {TOKENS[user]}"})
         except httpx.HTTPError:
             History.complete(op, None)
             return None

@@ -35,9 +35,13 @@ class Run:
     def __init__(self, state_dir: Path, state: dict[str, Any]) -> None:
         self.state_dir, self.state = state_dir, state
         self.http = httpx.Client(base_url=state["edge"], timeout=10)
+        self.tokens: dict[str, str] = {}  # user id -> bearer token from its creation
 
     def call(self, place: str, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"X-Meridian-Client-Region": place, **kw.pop("headers", {})}
+        user = path.split("/")[3] if path.startswith("/v1/users/") else None
+        if user in self.tokens:
+            headers.setdefault("Authorization", f"Bearer {self.tokens[user]}")
         return self.http.request(method, path, headers=headers, **kw)
 
     def status(self) -> dict[str, Any]:
@@ -77,6 +81,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 def create(run: Run, place: str, zone: str) -> httpx.Response:
     r = run.call(place, "POST", "/v1/users", json={"email": "e@example.com", "name": "E", "residency": zone})
     assert r.status_code == 201, r.text
+    run.tokens[r.json()["user_id"]] = r.json()["token"]
     return r
 
 

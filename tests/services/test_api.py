@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
+import re
 from typing import Any
 
 import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from meridian.api.app import Service, create_app
 from meridian.hlc import Timestamp
+from meridian.keys import KeyRing
 from meridian.peers import sign_request
 from meridian.sessions import SessionToken, sign
 from meridian.settings import Settings
@@ -22,7 +21,8 @@ from meridian.store import ResidencyViolation, Store
 from meridian.topology import load_topology
 
 REGIONS = ["us-east-1", "eu-west-1", "eu-central-1"]
-KEYS = {"session": b"s" * 32, "peer": b"p" * 32}
+KEYS = {name: KeyRing.single(name[0].encode() * 32, kid=f"{name}-1") for name in ("session", "peer", "user", "operator")}
+USER_PATH = re.compile(r"^/v1/users/(usr_[^/?]+)")
 
 
 class Cluster:
@@ -31,6 +31,7 @@ class Cluster:
     def __init__(self, create_tables: Any) -> None:
         self.topology = load_topology({"regions": REGIONS, "residencyZones": {"eu": ["eu-west-1", "eu-central-1"]}}, stack="api")
         self.services: dict[str, Service] = {}
+        self.tokens: dict[str, str] = {}  # user id -> bearer token from its creation
         self.apps: dict[str, Any] = {}
         router = self
 
@@ -53,12 +54,19 @@ class Cluster:
         for region in REGIONS:
             create_tables(self.topology, region)
             settings = Settings(region=region, topology=self.topology, session_key=KEYS["session"], peer_key=KEYS["peer"],
+                                user_key=KEYS["user"], operator_key=KEYS["operator"],
                                 peers={r: f"http://{r}.test" for r in REGIONS}, probe_interval=0)
             store = Store(client=boto3.client("dynamodb", region_name=region), topology=self.topology, region=region)
             self.services[region] = Service(settings, store, transport=Router())
             self.apps[region] = create_app(self.services[region])
 
-    def call(self, region: str, method: str, path: str, **kw: Any) -> httpx.Response:
+    def call(self, region: str, method: str, path: str, *, auth: bool = True, **kw: Any) -> httpx.Response:
+        """A client's call; on /v1/users/{id}... it carries that user's token (from its creation) unless
+        ``auth`` is False or the test passes its own Authorization header."""
+        match = USER_PATH.match(path)
+        if auth and match and match.group(1) in self.tokens and "Authorization" not in kw.get("headers", {}):
+            kw["headers"] = {**kw.get("headers", {}), "Authorization": f"Bearer {self.tokens[match.group(1)]}"}
+
         async def go() -> httpx.Response:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.apps[region]), base_url=f"http://{region}.test") as c:
                 return await c.request(method, path, **kw)
@@ -72,17 +80,10 @@ class Cluster:
             dst.put_item(TableName=name, Item=item)
 
 
-@pytest.fixture
-def cluster(make_tables: Any) -> Iterator[Cluster]:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    with mock_aws():
-        yield Cluster(make_tables)
-
-
 def new_user(c: Cluster, region: str, residency: str = "eu") -> dict[str, Any]:
     r = c.call(region, "POST", "/v1/users", json={"email": "a@example.com", "name": "Ada", "residency": residency})
     assert r.status_code == 201, r.text
+    c.tokens[r.json()["user_id"]] = r.json()["token"]
     return {**r.json(), "session": r.headers["X-Meridian-Session"], "executed": r.headers["X-Meridian-Region"]}
 
 
@@ -169,11 +170,11 @@ class TestSecurity:
         assert r.status_code == 401
 
     def test_unsigned_peer_call_rejected(self, cluster: Cluster) -> None:
-        headers = sign_request(b"not the peer key", "POST", "/v1/users", b"{}", "us-east-1")
+        headers = sign_request(KeyRing.single(b"n" * 32), "POST", "/v1/users", b"{}", "us-east-1")
         r = cluster.call("eu-west-1", "POST", "/v1/users", content=b"{}", headers=headers)
         assert r.status_code in (401, 422)
         body = b'{"email": "a@b.c", "name": "x", "residency": "eu"}'
-        headers = sign_request(b"not the peer key", "POST", "/v1/users", body, "us-east-1")
+        headers = sign_request(KeyRing.single(b"n" * 32), "POST", "/v1/users", body, "us-east-1")
         r = cluster.call("eu-west-1", "POST", "/v1/users", content=body, headers={**headers, "content-type": "application/json"})
         assert r.status_code == 401 and r.json()["error"] == "peer_auth"
 
@@ -469,7 +470,9 @@ class TestClearErrors:
         service.store = Store(client=dead, topology=cluster.topology, region="eu-west-1")
         r = cluster.call("eu-west-1", "POST", "/v1/users", json={"email": "a@b.c", "name": "x", "residency": "eu"})
         assert r.status_code == 503 and r.json()["error"] == "storage_unavailable" and r.headers["Retry-After"] == "1"
-        r = cluster.call("eu-west-1", "GET", "/v1/users/usr_01M80HSAS49SQMAC95ENHJPDV6_eu-west-1")
+        someone = "usr_01M80HSAS49SQMAC95ENHJPDV6_eu-west-1"
+        r = cluster.call("eu-west-1", "GET", f"/v1/users/{someone}",
+                         headers={"Authorization": f"Bearer {service.users.issue(someone)}"})
         assert r.status_code == 503 and r.json()["error"] == "storage_unavailable"
         r = cluster.call("eu-west-1", "POST", "/v1/counters/c/increment", json={"by": 1})
         assert r.status_code == 503 and "Retry-After" in r.headers

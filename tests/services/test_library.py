@@ -15,7 +15,8 @@ from meridian.conflicts import concurrent, conflict_between, merge
 from meridian.health import HealthView
 from meridian.hlc import HLC, ClockDriftError, Timestamp, Version
 from meridian.ids import IdError, new_id, parse_id
-from meridian.peers import PeerAuthError, sign_request, verify_request
+from meridian.keys import KeyRing
+from meridian.peers import MAX_FUTURE_SECONDS, PeerAuthError, sign_request, verify_request
 from meridian.routing import decide
 from meridian.sessions import SessionToken, TokenError, satisfied, sign, verify
 
@@ -223,8 +224,10 @@ class TestSessions:
 
     def test_forged_expired_malformed(self) -> None:
         t = SessionToken(region="eu-west-1", hlc=Timestamp(5), scope="u1")
-        with pytest.raises(TokenError, match="signature"):
-            verify(sign(t, b"other"), self.KEY)
+        with pytest.raises(TokenError, match="signature"):  # same key id, another secret
+            verify(sign(t, KeyRing.single(b"o" * 32, kid=KeyRing.single(self.KEY).current)), self.KEY)
+        with pytest.raises(TokenError, match="no longer accepted"):  # a key id the ring does not hold
+            verify(sign(t, b"o" * 32), self.KEY)
         with pytest.raises(TokenError, match="expired"):
             verify(sign(t, self.KEY, now=0), self.KEY)
         with pytest.raises(TokenError, match="malformed"):
@@ -237,12 +240,15 @@ class TestSessions:
 
 class TestPeersAndHealth:
     def test_signature(self) -> None:
-        h = sign_request(b"k", "POST", "/v1/users", b"{}", "us-east-1", now=100)
-        assert verify_request(b"k", "POST", "/v1/users", b"{}", h, now=110) == "us-east-1"
+        ring = KeyRing.single(b"k" * 32)
+        h = sign_request(ring, "POST", "/v1/users", b"{}", "us-east-1", now=100)
+        assert verify_request(ring, "POST", "/v1/users", b"{}", h, now=110)[0] == "us-east-1"
         with pytest.raises(PeerAuthError):
-            verify_request(b"k", "POST", "/v1/users", b"{ }", h, now=110)  # body changed
-        with pytest.raises(PeerAuthError, match="skew"):
-            verify_request(b"k", "POST", "/v1/users", b"{}", h, now=1000)
+            verify_request(ring, "POST", "/v1/users", b"{ }", h, now=110)  # body changed
+        with pytest.raises(PeerAuthError, match="old"):
+            verify_request(ring, "POST", "/v1/users", b"{}", h, now=1000)
+        with pytest.raises(PeerAuthError, match="ahead"):
+            verify_request(ring, "POST", "/v1/users", b"{}", h, now=100 - MAX_FUTURE_SECONDS - 0.5)
 
     def test_threshold(self) -> None:
         view = HealthView(["a"], failure_threshold=3)

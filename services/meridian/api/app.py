@@ -27,22 +27,25 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import httpx
-from fastapi import FastAPI, Header, Request, Response
+from fastapi import FastAPI, Header, Path, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field, StrictInt, StrictStr
+from fastapi.security import HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meridian import __version__
+from meridian.auth import AuthError, UserTokens, bearer
 from meridian.geo import nearest
 from meridian.health import HealthView
 from meridian.hlc import ClockDriftError, Timestamp, Version
 from meridian.ids import IdError, parse_id
-from meridian.peers import ORIGIN, PeerAuthError, sign_request, verify_request
+from meridian.peers import ORIGIN, SIGNED_HEADERS, NonceCache, PeerAuthError, sign_request, verify_request
 from meridian.routing import Decision, decide
 from meridian.sessions import SessionToken, TokenError, satisfied, sign, verify
 from meridian.settings import Settings
-from meridian.store import IdempotencyMismatch, ResidencyViolation, Store, StoreError
+from meridian.store import IdempotencyMismatch, ResidencyViolation, Store, StoreError, UserExists
 
 REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
@@ -59,7 +62,11 @@ MAX_BODY_BYTES = 64 * 1024
 RETRY_AFTER_SECONDS = 1
 _PASSTHROUGH = {REGION_HEADER.lower(), SESSION_HEADER.lower(), "idempotent-replayed", "retry-after"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+IDEMPOTENCY_KEY_RULE = "send an Idempotency-Key header (1-128 printable ASCII characters) with every order"
 _KEY = re.compile(r"^[\x20-\x7e]{1,128}$")
+#: Documents the bearer scheme in OpenAPI; the check itself is ``authorize`` (it needs the path's user).
+BEARER = HTTPBearer(auto_error=False, description="the token from POST /v1/users (or an OIDC issuer's)")
+USER_AUTH = [Security(BEARER)]
 
 
 class ApiError(Exception):
@@ -74,29 +81,97 @@ def _no_control(value: str) -> str:
     return value
 
 
-#: A string that is a JSON string (never a number coerced) and holds no control character.
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+#: A string that is a JSON string (never a number coerced) and holds no control character. The contract
+#: states the rule as a pattern; the validator enforces it with a message a person can act on.
 Text = Annotated[StrictStr, AfterValidator(_no_control)]
-EMAIL = r"^[^@\s]+@[^@\s]+$"
+EMAIL = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$"
 
 
-class NewUser(BaseModel):
-    email: Text = Field(min_length=3, max_length=254, pattern=EMAIL)
-    name: Text = Field(min_length=1, max_length=200)
+#: A counter's name: the contract states the rule the handlers enforce (400 ``invalid_counter``).
+CounterName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL})]
+
+
+class Request_(BaseModel):
+    """A request body: unknown fields are refused (422), not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NewUser(Request_):
+    email: StrictStr = Field(min_length=3, max_length=254, pattern=EMAIL)
+    name: Text = Field(min_length=1, max_length=200, json_schema_extra={"pattern": NO_CONTROL})
     residency: Text = Field(min_length=1, max_length=32)
 
 
-class UserUpdate(BaseModel):
-    email: Text | None = Field(default=None, min_length=3, max_length=254, pattern=EMAIL)
-    name: Text | None = Field(default=None, min_length=1, max_length=200)
+class UserUpdate(Request_):
+    email: StrictStr | None = Field(default=None, min_length=3, max_length=254, pattern=EMAIL)
+    name: Text | None = Field(default=None, min_length=1, max_length=200, json_schema_extra={"pattern": NO_CONTROL})
 
 
-class NewOrder(BaseModel):
-    item: Text = Field(min_length=1, max_length=200)
+class NewOrder(Request_):
+    item: Text = Field(min_length=1, max_length=200, json_schema_extra={"pattern": NO_CONTROL})
     qty: StrictInt = Field(ge=1, le=10_000)  # "5", true and 1.0 are not integers
 
 
-class Increment(BaseModel):
+class Increment(Request_):
     by: StrictInt = Field(ge=1, le=1_000_000)
+
+
+class ErrorBody(BaseModel):
+    """Every error: a stable code to branch on and a sentence for a person."""
+
+    error: str
+    message: str
+
+
+class CreatedUser(BaseModel):
+    user_id: str
+    home_region: str
+    zone: str
+    token: str = Field(description="bearer token for this user's calls (Authorization: Bearer <token>)")
+
+
+class UserToken(BaseModel):
+    token: str
+
+
+class PublicUser(BaseModel):
+    user_id: str
+    email: str
+    name: str
+    zone: str
+    home_region: str
+    version: str
+
+
+class Order(BaseModel):
+    order_id: str
+    user_id: str
+    item: str
+    qty: int
+    idempotency_key: str
+    created_region: str
+    created_at: int
+
+
+class Orders(BaseModel):
+    orders: list[Order]
+
+
+class CounterValue(BaseModel):
+    name: str
+    value: int
+    shards: dict[str, int]
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for these error statuses, each with the error envelope."""
+    described = {400: "malformed request (JSON, header, token format)", 401: "no or invalid credential",
+                 403: "credential of another user", 404: "no such user or route", 409: "conflicts with stored state",
+                 413: "body over 64 KB", 422: "a field is invalid", 503: "unavailable now; retry after Retry-After",
+                 504: "the executing region did not answer; the request may have executed"}
+    return {code: {"model": ErrorBody, "description": described[code]} for code in codes}
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -111,6 +186,9 @@ class Service:
         self.region, self.topology = settings.region, settings.topology
         self.health = HealthView(self.topology.regions, failure_threshold=self.topology.routing.failure_threshold)
         self.http = httpx.AsyncClient(timeout=settings.forward_timeout, transport=transport)
+        self.users = UserTokens(settings.user_key, issuer=f"meridian/{self.topology.project}-{self.topology.stack}",
+                                oidc=settings.oidc, builtin=settings.builtin_tokens)
+        self.nonces = NonceCache()
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
 
@@ -167,14 +245,14 @@ class Service:
             if target not in self.settings.peers:
                 last_error = f"{target}: no address"
                 continue
-            headers = sign_request(self.settings.peer_key, request.method, path, body, self.region)
-            headers["content-type"] = "application/json"
-            headers[HLC_HEADER] = self.store.clock.now().encode()
-            for name in (SESSION_HEADER, "Idempotency-Key"):
-                if request.headers.get(name):
-                    headers[name] = request.headers[name]
+            # Every header that changes what the peer does is signed with the call (meridian.peers).
+            signed = {name: request.headers[name] for name in SIGNED_HEADERS if request.headers.get(name)}
+            signed[HLC_HEADER.lower()] = self.store.clock.now().encode()
+            signed.pop(FAILOVER_HEADER.lower(), None)
             if failover:
-                headers[FAILOVER_HEADER] = "1"
+                signed[FAILOVER_HEADER.lower()] = "1"
+            headers = {**signed, **sign_request(self.settings.peer_key, request.method, path, body, self.region, headers=signed),
+                       "content-type": "application/json"}
             try:
                 resp = await self.http.request(request.method, self.settings.peer_url(target) + path, content=body, headers=headers)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -332,6 +410,25 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="Meridian regional service", version=__version__, lifespan=lifespan)
     region = service.region
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus what it cannot know from the types: this deployment's zones."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            zones = [z.name for z in service.topology.zones]
+            schema["components"]["schemas"]["NewUser"]["properties"]["residency"]["enum"] = zones
+            # FastAPI documents its own validation body for 422; this API answers with the error envelope.
+            for methods in schema["paths"].values():
+                for op in methods.values():
+                    if "422" in op.get("responses", {}):
+                        op["responses"]["422"] = {"description": "a field is invalid", "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema["components"]["schemas"].pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(RegionHeader, region=region)  # outermost: stamps the 413s too
 
@@ -352,7 +449,10 @@ def create_app(service: Service) -> FastAPI:
         if first.get("type") == "json_invalid":
             return JSONResponse({"error": "invalid_json", "message": f"the request body is not valid JSON: {first.get('ctx', {}).get('error', 'decode error')}"},
                                 status_code=400)
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        loc = tuple(str(p) for p in first.get("loc", ()))
+        if loc[:1] == ("header",) and loc[-1].lower() == "idempotency-key":
+            return JSONResponse({"error": "idempotency_key_required", "message": IDEMPOTENCY_KEY_RULE}, status_code=400)
+        where = ".".join(p for p in loc if p != "body")
         return JSONResponse({"error": "invalid_request", "message": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
 
     @app.exception_handler(ResidencyViolation)
@@ -369,30 +469,47 @@ def create_app(service: Service) -> FastAPI:
         # A bug: the client gets the envelope, never a traceback (the server log keeps it).
         return JSONResponse({"error": "internal_error", "message": f"unexpected {type(exc).__name__}; it was logged"}, status_code=500)
 
-    async def peer_call(request: Request, body: bytes) -> bool:
-        """True for a signed call from another region (executes here); 401 for a bad signature."""
+    async def peer_call(request: Request, body: bytes) -> str | None:
+        """The signed nonce of a call from another region (it executes here), None for a client's call;
+        401 for a bad or replayed signature. Only a peer's call may carry the failover mark or an HLC:
+        a client's are ignored."""
         if not any(h in request.headers for h in ("x-meridian-peer-signature", ORIGIN)):
-            return False
+            return None
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
-            verify_request(service.settings.peer_key, request.method, path, body, request.headers)
+            _, nonce = verify_request(service.settings.peer_key, request.method, path, body, request.headers, nonces=service.nonces)
             if request.headers.get(HLC_HEADER):
                 service.store.clock.update(Timestamp.decode(request.headers[HLC_HEADER]))
         except PeerAuthError as exc:
             raise ApiError(401, "peer_auth", str(exc)) from None
         except (ClockDriftError, ValueError) as exc:
             raise ApiError(400, "peer_clock", str(exc)) from None
-        return True
+        return nonce
 
-    async def user_home(user_id: str) -> tuple[str, str] | None:
-        """(home, zone) of a user id; 404 for what cannot be one: not an id, or an id of a region that is
-        not in this stack (no user can live there)."""
+    def authorize(request: Request, user_id: str) -> None:
+        """401 without a valid bearer token, 403 with another user's. Checked in every region a request
+        passes through (no call to another region: every region holds the key ring)."""
+        check_user_id(user_id)
+        try:
+            subject = service.users.verify(bearer(request.headers.get("authorization")))
+        except AuthError as exc:
+            raise ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="meridian"'}) from None
+        if subject != user_id:
+            raise ApiError(403, "forbidden", "this token belongs to another user")
+
+    def check_user_id(user_id: str) -> None:
+        """404 for what cannot be a user of this deployment: not an id, or an id of a region that is not in
+        this stack (no user can live there). Checked before the credential: an id's shape is public."""
         try:
             parsed = parse_id(user_id)
         except IdError:
             raise ApiError(404, "not_found", f"no user {user_id!r}") from None
-        if parsed.prefix != "usr" or parsed.derived or parsed.region not in service.topology.regions:
+        if parsed.prefix != "usr" or parsed.region not in service.topology.regions:
             raise ApiError(404, "not_found", f"no user {user_id!r} (not a user id of this deployment's regions)")
+
+    async def user_home(user_id: str) -> tuple[str, str] | None:
+        """(home, zone) of a user id from the directory (None: not there, or not yet)."""
+        check_user_id(user_id)
         cached = service.cached_home(user_id)
         return cached if cached is not None else await asyncio.to_thread(service.locate, user_id)
 
@@ -450,10 +567,11 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"status": "ready" if not problems else "not_ready", "region": region, "problems": problems}, status_code=status)
 
     # -- users ----------------------------------------------------------------------------------------------
-    @app.post("/v1/users", status_code=201)
+    @app.post("/v1/users", status_code=201, response_model=CreatedUser, responses=errors(400, 401, 409, 413, 422, 503, 504))
     async def create_user(request: Request, payload: NewUser, x_meridian_session: str | None = Header(default=None)) -> Response:
         body = await request.body()
-        from_peer = await peer_call(request, body)
+        nonce = await peer_call(request, body)
+        from_peer = nonce is not None
         token = service.token(x_meridian_session)
         zone_regions = service.zone_regions(payload.residency)
         if not from_peer and region not in zone_regions:
@@ -462,12 +580,23 @@ def create_app(service: Service) -> FastAPI:
                 raise ApiError(503, "zone_unavailable", f"no healthy region in zone {payload.residency!r}; nothing was written")
             # Not idempotent: a forward that may have executed is never sent to a second region.
             return await service.forward(request, body, candidates, failover=False, idempotent=False)
-        user, hlc = await asyncio.to_thread(
-            service.store.create_user, email=payload.email, name=payload.name, zone=payload.residency,
-            failover=request.headers.get(FAILOVER_HEADER) == "1")
+        try:
+            # A peer's call: the id derives from its signed nonce, so a replay that escapes the nonce cache
+            # (another task of this region) collides with the first write instead of creating a second user.
+            user, hlc = await asyncio.to_thread(
+                service.store.create_user, email=payload.email, name=payload.name, zone=payload.residency,
+                failover=from_peer and request.headers.get(FAILOVER_HEADER) == "1", derived_from=nonce)
+        except UserExists:
+            raise ApiError(401, "peer_auth", "peer call replayed (the user it creates exists)") from None
         session = service.issue(token, scope=user.user_id, table="users", hlc=hlc)
-        return JSONResponse({"user_id": user.user_id, "home_region": user.home_region, "zone": user.zone}, status_code=201,
-                            headers={SESSION_HEADER: session})
+        return JSONResponse({"user_id": user.user_id, "home_region": user.home_region, "zone": user.zone,
+                             "token": service.users.issue(user.user_id)}, status_code=201, headers={SESSION_HEADER: session})
+
+    @app.post("/v1/users/{user_id}/token", dependencies=USER_AUTH, response_model=UserToken, responses=errors(401, 403, 404))
+    async def refresh_token(request: Request, user_id: str) -> Response:
+        """A fresh token for a valid one (before it expires): answered by any region, no storage call."""
+        authorize(request, user_id)
+        return JSONResponse({"token": service.users.issue(user_id)})
 
     def public_user(item: dict[str, Any]) -> dict[str, Any]:
         return {k: item[k] for k in ("user_id", "email", "name", "zone", "home_region", "version") if k in item}
@@ -477,7 +606,7 @@ def create_app(service: Service) -> FastAPI:
                         idempotent: bool | None = None) -> tuple[str, bool, Response | None]:
         """(zone, failover?, forwarded response) for a request about ``user_id``. A signed call from another
         region executes here as it is; anything else goes through the routing decision."""
-        if await peer_call(request, body):
+        if await peer_call(request, body) is not None:
             located = await user_home(user_id)
             if located is None:
                 raise ApiError(404, "not_found", f"no user {user_id!r}")
@@ -487,8 +616,9 @@ def create_app(service: Service) -> FastAPI:
         assert zone is not None or forwarded is not None
         return zone or "", decision.action == "failover", forwarded
 
-    @app.get("/v1/users/{user_id}")
+    @app.get("/v1/users/{user_id}", dependencies=USER_AUTH, response_model=PublicUser, responses=errors(400, 401, 403, 404, 503, 504))
     async def get_user(request: Request, user_id: str, x_meridian_session: str | None = Header(default=None)) -> Response:
+        authorize(request, user_id)
         token = service.token(x_meridian_session)
         cache: dict[str, Any] = {}
 
@@ -504,8 +634,9 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(404, "not_found", f"no user {user_id!r}")
         return JSONResponse(public_user(item))
 
-    @app.put("/v1/users/{user_id}")
+    @app.put("/v1/users/{user_id}", dependencies=USER_AUTH, response_model=PublicUser, responses=errors(400, 401, 403, 404, 413, 422, 503, 504))
     async def update_user(request: Request, user_id: str, payload: UserUpdate, x_meridian_session: str | None = Header(default=None)) -> Response:
+        authorize(request, user_id)
         body = await request.body()
         token = service.token(x_meridian_session)
         zone, failover, forwarded = await placement(request, body, user_id, kind="write", table="users", token=token)
@@ -520,13 +651,15 @@ def create_app(service: Service) -> FastAPI:
     # -- orders ---------------------------------------------------------------------------------------------
     ORDER_FIELDS = ("order_id", "user_id", "item", "qty", "idempotency_key", "created_region", "created_at")
 
-    @app.post("/v1/users/{user_id}/orders", status_code=201)
+    @app.post("/v1/users/{user_id}/orders", dependencies=USER_AUTH, status_code=201, response_model=Order,
+              responses=errors(400, 401, 403, 404, 409, 413, 422, 503, 504))
     async def create_order(request: Request, user_id: str, payload: NewOrder,
-                           idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+                           idempotency_key: str = Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=_KEY.pattern,
+                                                         description="one key per order: the same key again answers the same order"),
                            x_meridian_session: str | None = Header(default=None)) -> Response:
-        if not idempotency_key or not _KEY.match(idempotency_key):
-            raise ApiError(400, "idempotency_key_required",
-                           "send an Idempotency-Key header (1-128 printable ASCII characters) with every order")
+        authorize(request, user_id)
+        if not _KEY.match(idempotency_key):
+            raise ApiError(400, "idempotency_key_required", IDEMPOTENCY_KEY_RULE)
         body = await request.body()
         token = service.token(x_meridian_session)
         # Idempotent by key: the order's id is derived from it, so a second execution anywhere writes the same item.
@@ -543,8 +676,9 @@ def create_app(service: Service) -> FastAPI:
             headers["Idempotent-Replayed"] = "true"
         return JSONResponse({k: order[k] for k in ORDER_FIELDS}, status_code=201, headers=headers)
 
-    @app.get("/v1/users/{user_id}/orders")
+    @app.get("/v1/users/{user_id}/orders", dependencies=USER_AUTH, response_model=Orders, responses=errors(400, 401, 403, 404, 503, 504))
     async def list_orders(request: Request, user_id: str, x_meridian_session: str | None = Header(default=None)) -> Response:
+        authorize(request, user_id)
         token = service.token(x_meridian_session)
         cache: dict[str, Any] = {}
 
@@ -560,8 +694,8 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"orders": [{k: o[k] for k in ORDER_FIELDS} for o in orders]})
 
     # -- counters (every region increments its own shard: no forwarding) ---------------------------------
-    @app.post("/v1/counters/{name}/increment")
-    async def increment(name: str, payload: Increment, x_meridian_session: str | None = Header(default=None)) -> Response:
+    @app.post("/v1/counters/{name}/increment", response_model=CounterValue, responses=errors(400, 401, 413, 422, 503))
+    async def increment(name: CounterName, payload: Increment, x_meridian_session: str | None = Header(default=None)) -> Response:
         if not 1 <= len(name) <= 128 or _CONTROL.search(name):
             raise ApiError(400, "invalid_counter", "counter names are 1-128 characters, without control characters")
         token = service.token(x_meridian_session)
@@ -569,8 +703,8 @@ def create_app(service: Service) -> FastAPI:
         value = await asyncio.to_thread(service.store.counter, name)
         return JSONResponse(value, headers={SESSION_HEADER: service.issue(token, scope=f"counter:{name}", table="counters", hlc=hlc)})
 
-    @app.get("/v1/counters/{name}")
-    async def counter(name: str) -> Response:
+    @app.get("/v1/counters/{name}", response_model=CounterValue, responses=errors(400, 503))
+    async def counter(name: CounterName) -> Response:
         if not 1 <= len(name) <= 128 or _CONTROL.search(name):
             raise ApiError(400, "invalid_counter", "counter names are 1-128 characters, without control characters")
         return JSONResponse(await asyncio.to_thread(service.store.counter, name))
