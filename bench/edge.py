@@ -39,7 +39,7 @@ async def timed(client: httpx.AsyncClient, url: str, headers: dict[str, str]) ->
 
 async def throughput(edge: str, seconds: float = 8.0, clients: int = 8) -> tuple[int, float]:
     async with httpx.AsyncClient(base_url=edge, timeout=10) as c:
-        r = await c.post("/v1/users", json={"email": "b@example.com", "name": "bench", "residency": "global"},
+        r = await c.post("/v1/users", json={"email": f"b{time.time_ns()}@example.com", "name": "bench", "residency": "global"},
                          headers={"X-Meridian-Client-Region": "us-east-1"})
         user = r.json()["user_id"]
         c.headers["Authorization"] = f"Bearer {r.json()['token']}"

@@ -62,7 +62,7 @@ def main() -> None:
                 AttributeDefinitions=[{"AttributeName": spec.hash_key.name, "AttributeType": "S"}],
             )
         rings = {name: KeyRing.single(name[0].encode() * 32) for name in ("session_key", "peer_key", "user_key", "operator_key")}
-        settings = Settings(region="eu-west-1", topology=topology, **rings, peers={}, probe_interval=0)
+        settings = Settings(region="eu-west-1", topology=topology, **rings, claim_key=b"c" * 32, peers={}, probe_interval=0)
         service = Service(settings, Store(client=client, topology=topology, region="eu-west-1"))
         app = create_app(service)
         user, _ = service.store.create_user(email="a@b.c", name="bench", zone="global")

@@ -91,11 +91,13 @@ def define_stack(topology: Topology) -> dict[str, Any]:
     peer_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
     user_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
     operator_key = aws.secretsmanager.get_random_password_output(password_length=48, exclude_punctuation=True, opts=invoke)
+    claim_key = aws.secretsmanager.get_random_password_output(password_length=64, exclude_punctuation=True, opts=invoke)
     aws.secretsmanager.SecretVersion(
         "session-keys",
         secret_id=secret.id,
         secret_string=pulumi.Output.json_dumps({"session": session_key.random_password, "peer": peer_key.random_password,
-                                                "users": user_key.random_password, "operator": operator_key.random_password}),
+                                                "users": user_key.random_password, "operator": operator_key.random_password,
+                                                "claims": claim_key.random_password}),
         opts=pulumi.ResourceOptions(provider=providers[primary], ignore_changes=["secretString"]),
     )
 

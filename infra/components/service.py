@@ -69,6 +69,7 @@ def container_definition(*, topology: Topology, region: str, image: str, log_gro
             {"name": "MERIDIAN_PEER_KEY", "valueFrom": f"{secret_arn}:peer::"},
             {"name": "MERIDIAN_USER_KEY", "valueFrom": f"{secret_arn}:users::"},
             {"name": "MERIDIAN_OPERATOR_KEY", "valueFrom": f"{secret_arn}:operator::"},
+            {"name": "MERIDIAN_CLAIM_KEY", "valueFrom": f"{secret_arn}:claims::"},
         ],
         "healthCheck": {"command": health_check_command(port), **HEALTH_CHECK_TIMING},
         "readonlyRootFilesystem": True,

@@ -43,7 +43,7 @@ class GlobalTables(pulumi.ComponentResource):
     def _table(self, name: str, spec: TableSpec, zone: Zone, provider: aws.Provider) -> aws.dynamodb.Table:
         topology = self._topology
         physical = topology.table_name(spec.name, zone.name)
-        strong = spec.consistency == "strong"
+        strong = topology.mechanism(spec, zone) == "mrsc"
         replicas = [
             aws.dynamodb.TableReplicaArgs(
                 region_name=region,

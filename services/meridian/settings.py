@@ -22,8 +22,12 @@ class Settings:
     peer_key: KeyRing  # region-to-region signatures
     user_key: KeyRing  # built-in user bearer tokens (JWT HS256)
     operator_key: KeyRing  # the operator credential(s)
+    claim_key: bytes  # keys the email claims' hashes (meridian.strong); never rotated: claims are keyed by it
     oidc: OidcIssuer | None = None  # an external identity provider for user tokens (meridian.auth)
     builtin_tokens: bool = True
+    #: False where the storage cannot give MRSC (the local run's emulated replication): strong tables then
+    #: use one owner region per key everywhere, which the local run can keep truthfully.
+    mrsc: bool = True
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> base URL
     probe_interval: float = 10.0  # seconds between probes of peers' /health/ready (0: no probing)
     forward_timeout: float = 2.0
@@ -35,7 +39,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         required = ("MERIDIAN_REGION", "MERIDIAN_TOPOLOGY", "MERIDIAN_SESSION_KEY", "MERIDIAN_PEER_KEY", "MERIDIAN_USER_KEY",
-                    "MERIDIAN_OPERATOR_KEY")
+                    "MERIDIAN_OPERATOR_KEY", "MERIDIAN_CLAIM_KEY")
         missing = [k for k in required if not env.get(k)]
         if missing:
             raise TopologyError(f"environment lacks {', '.join(missing)}; the ECS task definition (or meridian up --local) sets them")
@@ -67,6 +71,8 @@ class Settings:
             peer_key=ring("MERIDIAN_PEER_KEY"),
             user_key=ring("MERIDIAN_USER_KEY"),
             operator_key=ring("MERIDIAN_OPERATOR_KEY"),
+            claim_key=env["MERIDIAN_CLAIM_KEY"].encode(),
+            mrsc=env.get("MERIDIAN_MRSC", "1") != "0",
             oidc=oidc,
             builtin_tokens=env.get("MERIDIAN_BUILTIN_TOKENS", "1") != "0",
             peers=peers,

@@ -147,12 +147,12 @@ class Store:
 
     # -- users ----------------------------------------------------------------------------------------------
     def create_user(self, *, email: str, name: str, zone: str, failover: bool = False,
-                    derived_from: str | None = None) -> tuple[UserRecord, Timestamp]:
+                    derived_from: str | None = None, user_id: str | None = None) -> tuple[UserRecord, Timestamp]:
         """``derived_from`` (a forwarded call's signed nonce) makes the id a function of the call, so the
         same call executed twice collides (:class:`UserExists`) instead of creating two users."""
         users = self.table(zone, "users")
         directory = self.table(zone, "directory")
-        user_id = derived_id("usr", self.region, derived_from) if derived_from else new_id("usr", self.region)
+        user_id = user_id or self.new_user_id(derived_from)
         hlc, version, _ = self._stamp(None)
         item = {"user_id": user_id, "email": email, "name": name, "zone": zone, "home_region": self.region,
                 "version": version, "base": None, "origin_region": self.region, "failover": failover,
@@ -165,6 +165,9 @@ class Store:
         self._call("put_item", TableName=directory, Item=to_item(
             {"user_id": user_id, "home_region": self.region, "zone": zone, "version": version, "origin_region": self.region}))
         return UserRecord.from_item(item), hlc
+
+    def new_user_id(self, derived_from: str | None = None) -> str:
+        return derived_id("usr", self.region, derived_from) if derived_from else new_id("usr", self.region)
 
     def get_user(self, zone: str, user_id: str) -> dict[str, Any] | None:
         item = self._call("get_item", TableName=self.table(zone, "users"), Key=to_item({"user_id": user_id}), ConsistentRead=True).get("Item")

@@ -66,6 +66,11 @@ def known_regions() -> frozenset[str]:
 
 KeyType = Literal["S", "N", "B"]
 Consistency = Literal["eventual", "strong"]
+#: How a strong table keeps its promise in a zone (meridian.strong): MRSC, or one owner region per key.
+Mechanism = Literal["mrsc", "owner"]
+#: ``mrsc``: MRSC or refused (a table a stack declares strong); ``auto``: MRSC where the zone allows it,
+#: else one owner region per key (the service's strong keys: stock, reservations, email claims).
+StrongMode = Literal["mrsc", "auto"]
 Scope = Literal["zone", "global"]
 NetworkMode = Literal["ha", "lean"]
 #: ``meridian:networkMode`` values; ``ha`` is today's layout (and the default).
@@ -101,6 +106,7 @@ class TableSpec:
     scope: Scope = "zone"
     consistency: Consistency = "eventual"
     witness_region: str | None = None
+    strong_mode: StrongMode = "mrsc"
 
     def key_attributes(self) -> tuple[KeyAttribute, ...]:
         """Every attribute used by the table's or an index's key schema, once, in declaration order."""
@@ -124,6 +130,10 @@ DEFAULT_TABLES: tuple[TableSpec, ...] = (
     TableSpec(name="idempotency", hash_key=_s("key"), ttl_attribute="expires_at"),
     TableSpec(name="counters", hash_key=_s("name"), range_key=_s("shard")),
     TableSpec(name="conflicts", hash_key=_s("item_key"), range_key=_s("conflict_id"), ttl_attribute="expires_at"),
+    # The strong keys (meridian.strong): global data, no PII (claims are keyed hashes of emails).
+    TableSpec(name="stock", hash_key=_s("sku"), scope="global", consistency="strong", strong_mode="auto"),
+    TableSpec(name="reservations", hash_key=_s("reservation_id"), scope="global", consistency="strong", strong_mode="auto"),
+    TableSpec(name="claims", hash_key=_s("claim"), scope="global", consistency="strong", strong_mode="auto"),
 )
 
 
@@ -271,6 +281,15 @@ class Topology:
         """Where the session-key secret lives (``meridian:primaryRegion``, else the global zone's home)."""
         return self.primary_region or self.home_region(self.global_zone)
 
+    def mechanism(self, spec: TableSpec, zone: Zone) -> Mechanism | None:
+        """How ``spec`` is strong in ``zone``: ``mrsc`` where the zone's regions (and the table's witness)
+        form a valid MRSC set, else ``owner``; None for an eventually consistent table."""
+        if spec.consistency != "strong":
+            return None
+        if spec.strong_mode == "mrsc":
+            return "mrsc"
+        return "mrsc" if mrsc_problem(spec, zone) is None else "owner"
+
     def replica_order(self, zone: Zone) -> tuple[str, ...]:
         """The zone's regions, its home region first."""
         home = self.home_region(zone)
@@ -333,6 +352,7 @@ def _topology_from_plain(data: Mapping[str, Any]) -> Topology:
             scope=t["scope"],
             consistency=t["consistency"],
             witness_region=t["witness_region"],
+            strong_mode=t.get("strong_mode", "mrsc"),
         )
         for t in data["tables"]
     )
@@ -594,10 +614,14 @@ def _tables(value: Any, zones: tuple[Zone, ...]) -> tuple[TableSpec, ...]:
         if consistency not in ("eventual", "strong"):
             raise TopologyError(f"meridian:tables.{name}.consistency is {consistency!r}; use eventual or strong")
         witness = override.get("witnessRegion")
-        by_name[name] = replace(by_name[name], consistency=consistency, witness_region=witness)
+        # A stack that names a table strong asks for MRSC itself: refused where it cannot be. The service's
+        # strong keys (strong_mode auto) keep their mode; a witness makes MRSC possible for a 2-region zone.
+        mode = by_name[name].strong_mode if consistency == "strong" and by_name[name].strong_mode == "auto" and not witness else "mrsc"
+        by_name[name] = replace(by_name[name], consistency=consistency, witness_region=witness,
+                                strong_mode=mode if consistency == "strong" else "mrsc")
     all_regions = max(zones, key=lambda z: len(z.regions))
     for spec in by_name.values():
-        if spec.consistency == "strong":
+        if spec.consistency == "strong" and spec.strong_mode == "mrsc":
             for zone in (all_regions,) if spec.scope == "global" else zones:
                 _check_mrsc(spec, zone)
         elif spec.witness_region:
@@ -605,20 +629,28 @@ def _tables(value: Any, zones: tuple[Zone, ...]) -> tuple[TableSpec, ...]:
     return tuple(by_name.values())
 
 
-def _check_mrsc(spec: TableSpec, zone: Zone) -> None:
+def mrsc_problem(spec: TableSpec, zone: Zone) -> str | None:
+    """Why ``spec`` cannot be an MRSC global table over ``zone`` (AWS's rules), or None if it can."""
     where = f"table {spec.name!r} in zone {zone.name!r}"
     if spec.ttl_attribute:
-        raise TopologyError(f"{where}: strong consistency does not support TTL, which this table needs")
+        return f"{where}: strong consistency does not support TTL, which this table needs"
     count, witness = len(zone.regions), spec.witness_region
     if witness is not None and (witness in zone.regions or witness not in known_regions()):
-        raise TopologyError(f"{where}: witness {witness!r} must be an AWS region that holds no replica of the table")
+        return f"{where}: witness {witness!r} must be an AWS region that holds no replica of the table"
     if not ((count == 3 and witness is None) or (count == 2 and witness is not None)):
         has = f"{count} region(s)" + (" and a witness" if witness else "")
-        raise TopologyError(f"{where}: strong consistency needs exactly 3 replicas, or 2 plus a witness; the zone has {has}")
+        return f"{where}: strong consistency needs exactly 3 replicas, or 2 plus a witness; the zone has {has}"
     members = set(zone.regions) | ({witness} if witness else set())
     if not any(members <= s for s in MRSC_REGION_SETS.values()):
         sets = "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in MRSC_REGION_SETS.items())
-        raise TopologyError(f"{where}: strong consistency needs all replicas in one MRSC region set ({sets})")
+        return f"{where}: strong consistency needs all replicas in one MRSC region set ({sets})"
+    return None
+
+
+def _check_mrsc(spec: TableSpec, zone: Zone) -> None:
+    problem = mrsc_problem(spec, zone)
+    if problem is not None:
+        raise TopologyError(problem)
 
 
 def _int(get: Mapping[str, Any], key: str) -> int:

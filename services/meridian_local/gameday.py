@@ -202,7 +202,8 @@ class GameDay:
     async def create_user(self, place: str, owner: int = -1) -> str | None:
         zone = self.zone_for(place)
         resp = await self.request(place, "create", "POST", "/v1/users",
-                                  json_body={"email": f"u{self.rng.randrange(10**9)}@example.com", "name": "gameday", "residency": zone})
+                                  json_body={"email": f"u{time.time_ns()}-{self.rng.randrange(10**9)}@example.com", "name": "gameday",
+                                             "residency": zone})
         if resp is None or resp.status_code != 201:
             return None
         user = resp.json()["user_id"]

@@ -98,6 +98,9 @@ class Supervisor:
                 "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "meridian-local", "AWS_SECRET_ACCESS_KEY": "meridian-local",
                 "MERIDIAN_PEERS": json.dumps({r: f"{self.edge_url}/_link/{region}/{r}" for r in self.topology.regions}),
                 "MERIDIAN_PROBE_INTERVAL": f"{interval:.3f}",
+                # Replication here is emulated and asynchronous: MRSC cannot be kept truthfully, so strong
+                # tables use one owner region per key in every zone (meridian.strong; docs/consistency.md).
+                "MERIDIAN_MRSC": "0",
             }
             self.regions[region] = RegionProcess(region, moto_server.free_port(), env, self.state_dir / f"service-{region}.log")
             self.regions[region].start()

@@ -152,7 +152,7 @@ class TestTables:
     def test_replica_sets_per_zone(self, prod_plan: Plan, prod: Topology) -> None:
         """eu tables live only in eu-west-1 + eu-central-1; global ones in all four regions."""
         tables = {r.inputs["name"]: r for r in prod_plan.of_type("aws:dynamodb/table:Table")}
-        assert len(tables) == 11
+        assert len(tables) == 14  # 5 per zone (2 zones), the directory, 3 strong-key tables
         for name, t in tables.items():
             regions = [t.region, *[x["regionName"] for x in t.inputs.get("replicas", [])]]
             zone = t.inputs["tags"]["meridian:zone"]

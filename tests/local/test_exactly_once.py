@@ -95,7 +95,8 @@ class Client:
         self.http = httpx.AsyncClient(base_url=run.state["edge"], timeout=20, limits=httpx.Limits(max_connections=100))
         self.history = history
 
-    async def user(self, place: str, email: str = "h@example.com") -> str:
+    async def user(self, place: str, email: str | None = None) -> str:
+        email = email or f"h{time.time_ns()}@example.com"  # one account per email
         r = await self.http.post("/v1/users", json={"email": email, "name": "H", "residency": "eu"},
                                  headers={"X-Meridian-Client-Region": place})
         assert r.status_code == 201, r.text

@@ -79,7 +79,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
 
 def create(run: Run, place: str, zone: str) -> httpx.Response:
-    r = run.call(place, "POST", "/v1/users", json={"email": "e@example.com", "name": "E", "residency": zone})
+    # One account per email: each user of the run has its own address.
+    r = run.call(place, "POST", "/v1/users", json={"email": f"e{time.time_ns()}@example.com", "name": "E", "residency": zone})
     assert r.status_code == 201, r.text
     run.tokens[r.json()["user_id"]] = r.json()["token"]
     return r

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from typing import Any
 
@@ -18,10 +19,13 @@ from meridian.peers import sign_request
 from meridian.sessions import SessionToken, sign
 from meridian.settings import Settings
 from meridian.store import ResidencyViolation, Store
+from meridian.strong import claim_key, owner_region
 from meridian.topology import load_topology
 
 REGIONS = ["us-east-1", "eu-west-1", "eu-central-1"]
 KEYS = {name: KeyRing.single(name[0].encode() * 32, kid=f"{name}-1") for name in ("session", "peer", "user", "operator")}
+CLAIM_KEY = b"c" * 32
+EMAILS = itertools.count()  # one account per email: every test user has its own
 USER_PATH = re.compile(r"^/v1/users/(usr_[^/?]+)")
 
 
@@ -54,7 +58,7 @@ class Cluster:
         for region in REGIONS:
             create_tables(self.topology, region)
             settings = Settings(region=region, topology=self.topology, session_key=KEYS["session"], peer_key=KEYS["peer"],
-                                user_key=KEYS["user"], operator_key=KEYS["operator"],
+                                user_key=KEYS["user"], operator_key=KEYS["operator"], claim_key=CLAIM_KEY,
                                 peers={r: f"http://{r}.test" for r in REGIONS}, probe_interval=0)
             store = Store(client=boto3.client("dynamodb", region_name=region), topology=self.topology, region=region)
             self.services[region] = Service(settings, store, transport=Router())
@@ -80,8 +84,13 @@ class Cluster:
             dst.put_item(TableName=name, Item=item)
 
 
+def claim_owner(email: str) -> str:
+    """The region that owns an email's claim in this cluster (meridian.strong)."""
+    return owner_region(claim_key(email, CLAIM_KEY), REGIONS)
+
+
 def new_user(c: Cluster, region: str, residency: str = "eu") -> dict[str, Any]:
-    r = c.call(region, "POST", "/v1/users", json={"email": "a@example.com", "name": "Ada", "residency": residency})
+    r = c.call(region, "POST", "/v1/users", json={"email": f"ada{next(EMAILS)}@example.com", "name": "Ada", "residency": residency})
     assert r.status_code == 201, r.text
     c.tokens[r.json()["user_id"]] = r.json()["token"]
     return {**r.json(), "session": r.headers["X-Meridian-Session"], "executed": r.headers["X-Meridian-Region"]}
@@ -424,7 +433,9 @@ class TestExactlyOnceOrders:
     def test_not_delivered_forward_goes_to_the_next_region(self, cluster: Cluster) -> None:
         """The network says the request never reached eu-west-1: even a user creation is safe to send on."""
         cluster.cut["eu-west-1"] = True
-        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": "a@example.com", "name": "A", "residency": "eu"})
+        # (an email whose claim is owned by a region that is reachable: see TestStrongKeys for the other case)
+        email = next(e for e in (f"a{i}@example.com" for i in range(100)) if claim_owner(e) != "eu-west-1")
+        r = cluster.call("us-east-1", "POST", "/v1/users", json={"email": email, "name": "A", "residency": "eu"})
         assert r.status_code == 201 and r.headers["X-Meridian-Region"] == "eu-central-1"
 
     def test_replay_is_201_with_the_same_body_and_other_body_is_409(self, cluster: Cluster) -> None:

@@ -36,7 +36,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meridian import __version__
-from meridian.auth import AuthError, UserTokens, bearer
+from meridian.auth import AuthError, UserTokens, bearer, operator_matches
 from meridian.geo import nearest
 from meridian.health import HealthView
 from meridian.hlc import ClockDriftError, Timestamp, Version
@@ -46,6 +46,15 @@ from meridian.routing import Decision, decide
 from meridian.sessions import SessionToken, TokenError, satisfied, sign, verify
 from meridian.settings import Settings
 from meridian.store import IdempotencyMismatch, ResidencyViolation, Store, StoreError, UserExists
+from meridian.strong import (
+    ConsistencyUnavailable,
+    EmailTaken,
+    OutOfStock,
+    StrongStore,
+    claim_key,
+    owner_region,
+    reservation_id_for,
+)
 
 REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
@@ -88,6 +97,8 @@ Text = Annotated[StrictStr, AfterValidator(_no_control)]
 EMAIL = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$"
 
 
+#: A sku: the contract states the rule the handlers enforce (400 ``invalid_sku``).
+SkuName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL})]
 #: A counter's name: the contract states the rule the handlers enforce (400 ``invalid_counter``).
 CounterName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL})]
 
@@ -116,6 +127,28 @@ class NewOrder(Request_):
 
 class Increment(Request_):
     by: StrictInt = Field(ge=1, le=1_000_000)
+
+
+class StockLevel(Request_):
+    available: StrictInt = Field(ge=0, le=1_000_000_000)
+
+
+class NewReservation(Request_):
+    sku: Text = Field(min_length=1, max_length=128, json_schema_extra={"pattern": NO_CONTROL})
+    quantity: StrictInt = Field(ge=1, le=10_000)
+
+
+class Stock(BaseModel):
+    sku: str
+    available: int
+    reserved: int
+
+
+class ReservationOut(BaseModel):
+    reservation_id: str
+    sku: str
+    quantity: int
+    status: str
 
 
 class ErrorBody(BaseModel):
@@ -189,6 +222,7 @@ class Service:
         self.users = UserTokens(settings.user_key, issuer=f"meridian/{self.topology.project}-{self.topology.stack}",
                                 oidc=settings.oidc, builtin=settings.builtin_tokens)
         self.nonces = NonceCache()
+        self.strong = StrongStore(store)
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
 
@@ -288,6 +322,34 @@ class Service:
     def _unknown(target: str, why: str) -> ApiError:
         return ApiError(504, "outcome_unknown", f"{target} did not answer ({why}): the request may have executed there, "
                         "so it was not sent to another region; check its effect before repeating it")
+
+    # -- strong keys (meridian.strong) ------------------------------------------------------------------
+    def strong_owner(self, table: str, key: str) -> str | None:
+        """The region that must execute a strong write or read of ``key``: None where every region may
+        (MRSC), else the key's owner region."""
+        zone = self.topology.global_zone
+        mechanism = self.topology.mechanism(self.topology.table(table), zone)
+        if mechanism == "mrsc" and self.settings.mrsc:
+            return None
+        return owner_region(key, zone.regions)
+
+    async def peer_request(self, target: str, method: str, path: str, payload: dict[str, Any]) -> httpx.Response:
+        """A signed call of this region's own making (not a client's request forwarded)."""
+        body = json.dumps(payload).encode()
+        signed = {HLC_HEADER.lower(): self.store.clock.now().encode()}
+        headers = {**signed, **sign_request(self.settings.peer_key, method, path, body, self.region, headers=signed),
+                   "content-type": "application/json"}
+        try:
+            resp = await self.http.request(method, self.settings.peer_url(target) + path, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            self.health.record(target, False)
+            raise ApiError(503, "consistency_unavailable", f"{target} owns this key and cannot be reached ({type(exc).__name__}); "
+                           "nothing was written; retry", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        if resp.headers.get(LINK_HEADER) == NOT_DELIVERED or (resp.status_code >= 500 and REGION_HEADER.lower() not in resp.headers):
+            self.health.record(target, False)
+            raise ApiError(503, "consistency_unavailable", f"{target} owns this key and cannot be reached (HTTP {resp.status_code}); "
+                           "nothing was written; retry", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return resp
 
     def zone_regions(self, zone: str) -> list[str]:
         try:
@@ -459,6 +521,19 @@ def create_app(service: Service) -> FastAPI:
     async def residency(_: Request, exc: ResidencyViolation) -> JSONResponse:
         return JSONResponse({"error": "residency", "message": str(exc)}, status_code=409)
 
+    @app.exception_handler(EmailTaken)
+    async def email_taken(_: Request, exc: EmailTaken) -> JSONResponse:
+        return JSONResponse({"error": "email_taken", "message": str(exc)}, status_code=409)
+
+    @app.exception_handler(OutOfStock)
+    async def out_of_stock(_: Request, exc: OutOfStock) -> JSONResponse:
+        return JSONResponse({"error": "out_of_stock", "message": str(exc)}, status_code=409)
+
+    @app.exception_handler(ConsistencyUnavailable)
+    async def consistency_unavailable(_: Request, exc: ConsistencyUnavailable) -> JSONResponse:
+        return JSONResponse({"error": "consistency_unavailable", "message": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
     @app.exception_handler(StoreError)
     async def store_error(_: Request, exc: StoreError) -> JSONResponse:
         return JSONResponse({"error": "storage_unavailable", "message": str(exc)}, status_code=503,
@@ -567,6 +642,35 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"status": "ready" if not problems else "not_ready", "region": region, "problems": problems}, status_code=status)
 
     # -- users ----------------------------------------------------------------------------------------------
+    async def claim_email(email: str, user_id: str) -> None:
+        """Holds the email's claim for ``user_id`` in the claim's owner region (or here, under MRSC);
+        409 ``email_taken`` if another account holds it, 503 ``consistency_unavailable`` if the owner
+        cannot be reached (no account is created then)."""
+        claim = claim_key(email, service.settings.claim_key)
+        owner = service.strong_owner("claims", claim)
+        if owner is None or owner == region:
+            await asyncio.to_thread(service.strong.claim, claim, user_id)
+            return
+        resp = await service.peer_request(owner, "PUT", f"/internal/claims/{claim}", {"user_id": user_id})
+        if resp.status_code == 409:
+            raise EmailTaken("an account with this email exists")
+        if resp.status_code != 204:
+            raise ApiError(503, "consistency_unavailable", f"{owner} could not record the email claim (HTTP {resp.status_code}); retry",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    @app.put("/internal/claims/{claim}", status_code=204, include_in_schema=False)
+    async def put_claim(request: Request, claim: str) -> Response:
+        """Region-to-region only: the claim's owner records it."""
+        body = await request.body()
+        if await peer_call(request, body) is None:
+            raise ApiError(404, "not_found", f"no route {request.method} {request.url.path}")
+        try:
+            user_id = json.loads(body)["user_id"]
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(400, "invalid_request", "body must be {\"user_id\": ...}") from None
+        await asyncio.to_thread(service.strong.claim, claim, str(user_id))
+        return Response(status_code=204)
+
     @app.post("/v1/users", status_code=201, response_model=CreatedUser, responses=errors(400, 401, 409, 413, 422, 503, 504))
     async def create_user(request: Request, payload: NewUser, x_meridian_session: str | None = Header(default=None)) -> Response:
         body = await request.body()
@@ -580,12 +684,15 @@ def create_app(service: Service) -> FastAPI:
                 raise ApiError(503, "zone_unavailable", f"no healthy region in zone {payload.residency!r}; nothing was written")
             # Not idempotent: a forward that may have executed is never sent to a second region.
             return await service.forward(request, body, candidates, failover=False, idempotent=False)
+        # A peer's call: the id derives from its signed nonce, so a replay that escapes the nonce cache
+        # (another task of this region) collides with the first write instead of creating a second user.
+        user_id = service.store.new_user_id(nonce)
+        # One account per email, across every zone and region: the claim is a strong key (meridian.strong).
+        await claim_email(payload.email, user_id)
         try:
-            # A peer's call: the id derives from its signed nonce, so a replay that escapes the nonce cache
-            # (another task of this region) collides with the first write instead of creating a second user.
             user, hlc = await asyncio.to_thread(
                 service.store.create_user, email=payload.email, name=payload.name, zone=payload.residency,
-                failover=from_peer and request.headers.get(FAILOVER_HEADER) == "1", derived_from=nonce)
+                failover=from_peer and request.headers.get(FAILOVER_HEADER) == "1", user_id=user_id)
         except UserExists:
             raise ApiError(401, "peer_auth", "peer call replayed (the user it creates exists)") from None
         session = service.issue(token, scope=user.user_id, table="users", hlc=hlc)
@@ -634,7 +741,8 @@ def create_app(service: Service) -> FastAPI:
             raise ApiError(404, "not_found", f"no user {user_id!r}")
         return JSONResponse(public_user(item))
 
-    @app.put("/v1/users/{user_id}", dependencies=USER_AUTH, response_model=PublicUser, responses=errors(400, 401, 403, 404, 413, 422, 503, 504))
+    @app.put("/v1/users/{user_id}", dependencies=USER_AUTH, response_model=PublicUser,
+             responses=errors(400, 401, 403, 404, 409, 413, 422, 503, 504))
     async def update_user(request: Request, user_id: str, payload: UserUpdate, x_meridian_session: str | None = Header(default=None)) -> Response:
         authorize(request, user_id)
         body = await request.body()
@@ -642,6 +750,8 @@ def create_app(service: Service) -> FastAPI:
         zone, failover, forwarded = await placement(request, body, user_id, kind="write", table="users", token=token)
         if forwarded is not None:
             return forwarded
+        if payload.email is not None:
+            await claim_email(payload.email, user_id)  # the new address must be free (409 email_taken)
         try:
             item, hlc = await asyncio.to_thread(service.store.update_user, zone, user_id, payload.model_dump(), failover=failover)
         except KeyError:
@@ -708,6 +818,103 @@ def create_app(service: Service) -> FastAPI:
         if not 1 <= len(name) <= 128 or _CONTROL.search(name):
             raise ApiError(400, "invalid_counter", "counter names are 1-128 characters, without control characters")
         return JSONResponse(await asyncio.to_thread(service.store.counter, name))
+
+    # -- strong keys: stock and reservations (meridian.strong) ---------------------------------------------
+    async def at_owner(request: Request, body: bytes, table: str, key: str) -> Response | None:
+        """None: execute here (this region owns ``key``, or MRSC lets every region, or a peer sent it here).
+        Else the owner's answer; 503 ``consistency_unavailable`` if it cannot be reached — never executed
+        elsewhere, which could sell a unit twice."""
+        if await peer_call(request, body) is not None:
+            return None
+        owner = service.strong_owner(table, key)
+        if owner is None or owner == region:
+            return None
+        try:
+            return await service.forward(request, body, [owner], failover=False, idempotent=True)
+        except ApiError as exc:
+            if exc.status == 503:
+                raise ApiError(503, "consistency_unavailable", f"{owner} owns {key!r} and cannot be reached ({exc.message}); "
+                               "refused rather than risk two owners", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+            raise
+
+    def operator(request: Request) -> None:
+        try:
+            presented = bearer(request.headers.get("authorization"))
+        except AuthError as exc:
+            raise ApiError(401, "unauthorized", f"{exc} (the operator key)", headers={"WWW-Authenticate": 'Bearer realm="meridian-operator"'}) from None
+        if not operator_matches(presented, service.settings.operator_key):
+            raise ApiError(403, "forbidden", "not the operator key")
+
+    def check_sku(sku: str) -> None:
+        if not 1 <= len(sku) <= 128 or _CONTROL.search(sku):
+            raise ApiError(400, "invalid_sku", "a sku is 1-128 characters, without control characters")
+
+    @app.put("/v1/stock/{sku}", response_model=Stock, dependencies=USER_AUTH, responses=errors(400, 401, 403, 413, 422, 503, 504))
+    async def set_stock(request: Request, sku: SkuName, payload: StockLevel) -> Response:
+        """Operator action: sets the units available (reserved units are kept)."""
+        check_sku(sku)
+        operator(request)
+        body = await request.body()
+        if (forwarded := await at_owner(request, body, "stock", sku)) is not None:
+            return forwarded
+        return JSONResponse(await asyncio.to_thread(service.strong.set_stock, sku, payload.available))
+
+    @app.get("/v1/stock/{sku}", response_model=Stock, responses=errors(400, 404, 503, 504))
+    async def get_stock(request: Request, sku: SkuName) -> Response:
+        """Strongly consistent, from any region: read where the key is written."""
+        check_sku(sku)
+        if (forwarded := await at_owner(request, b"", "stock", sku)) is not None:
+            return forwarded
+        stock = await asyncio.to_thread(service.strong.get_stock, sku)
+        if stock is None:
+            raise ApiError(404, "not_found", f"no stock of {sku!r}")
+        return JSONResponse(stock)
+
+    @app.post("/v1/users/{user_id}/reservations", status_code=201, dependencies=USER_AUTH, response_model=ReservationOut,
+              responses=errors(400, 401, 403, 404, 409, 413, 422, 503, 504))
+    async def reserve(request: Request, user_id: str, payload: NewReservation,
+                      idempotency_key: str = Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=_KEY.pattern,
+                                                    description="one key per reservation: the same key again answers the same one")) -> Response:
+        authorize(request, user_id)
+        if not _KEY.match(idempotency_key):
+            raise ApiError(400, "idempotency_key_required", IDEMPOTENCY_KEY_RULE)
+        body = await request.body()
+        if (forwarded := await at_owner(request, body, "stock", payload.sku)) is not None:
+            return forwarded
+        owner = service.strong_owner("stock", payload.sku) or region
+        rid = reservation_id_for(user_id, idempotency_key, owner)
+        try:
+            reservation, created = await asyncio.to_thread(service.strong.reserve, user_id, payload.sku, payload.quantity, rid)
+        except IdempotencyMismatch as exc:
+            raise ApiError(409, "idempotency_mismatch", str(exc)) from None
+        return JSONResponse(reservation.public(), status_code=201, headers={} if created else {"Idempotent-Replayed": "true"})
+
+    @app.delete("/v1/users/{user_id}/reservations/{reservation_id}", dependencies=USER_AUTH, response_model=ReservationOut,
+                responses=errors(400, 401, 403, 404, 503, 504))
+    async def release(request: Request, user_id: str, reservation_id: str) -> Response:
+        """Gives the units back; releasing twice is releasing once."""
+        authorize(request, user_id)
+        try:
+            parsed = parse_id(reservation_id)
+        except IdError:
+            raise ApiError(404, "not_found", f"no reservation {reservation_id!r}") from None
+        if parsed.prefix != "rsv" or parsed.region not in service.topology.regions:
+            raise ApiError(404, "not_found", f"no reservation {reservation_id!r}")
+        # The id ends with the owner region of its sku: release there (or here, under MRSC).
+        if await peer_call(request, b"") is None and parsed.region != region and service.strong_owner("stock", reservation_id) is not None:
+            try:
+                return await service.forward(request, b"", [parsed.region], failover=False, idempotent=True)
+            except ApiError as exc:
+                if exc.status == 503:
+                    raise ApiError(503, "consistency_unavailable", f"{parsed.region} holds this reservation and cannot be "
+                                   f"reached ({exc.message}); retry", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+                raise
+        reservation = await asyncio.to_thread(service.strong.reservation, reservation_id)
+        if reservation is None or reservation.user_id != user_id:
+            raise ApiError(404, "not_found", f"no reservation {reservation_id!r}")
+        if reservation.status != "released":
+            reservation = await asyncio.to_thread(service.strong.release, reservation)
+        return JSONResponse(reservation.public())
 
     return app
 
