@@ -8,6 +8,7 @@ the tests and the local run run that same ``__main__.py`` under Pulumi mocks.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import pulumi
@@ -16,26 +17,55 @@ import pulumi_aws as aws
 from infra import layout
 from infra.components.dashboard import Dashboard, DashboardArgs, RegionInputs
 from infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
+from infra.components.functions import KeyRotation, KeyRotationArgs
 from infra.components.image import ServiceImage, ServiceImageArgs
 from infra.components.regional import Region, RegionArgs
 from infra.components.tables import GlobalTables, GlobalTablesArgs
+from infra.config import ProviderConfigError, read_provider_settings
 from meridian.topology import Topology
 
 
 def make_providers(topology: Topology) -> dict[str, aws.Provider]:
-    """One explicit provider per region, plus the control-plane regions of Route 53 and Global Accelerator."""
+    """One explicit provider per region, plus the control-plane regions of Route 53 and Global Accelerator.
+
+    Each gets the stack's ``aws:`` endpoint, credential and skip settings (an emulator such as LocalStack,
+    see Pulumi.localstack.yaml): explicit providers do not inherit them, so one forgotten here would send
+    its region's calls to real AWS.
+    """
     wanted = [*topology.regions]
     for region in (layout.DNS_REGION, layout.ACCELERATOR_REGION):
         if region not in wanted:
             wanted.append(region)
+    settings = provider_arguments()
     return {
         region: aws.Provider(
             f"aws-{region}",
             region=region,
             default_tags=aws.ProviderDefaultTagsArgs(tags=layout.tags(topology)),
+            **settings,
         )
         for region in wanted
     }
+
+
+_ENDPOINT_FIELDS = frozenset(inspect.signature(aws.ProviderEndpointArgs.__init__).parameters) - {"self"}
+_SNAKE = {"skipCredentialsValidation": "skip_credentials_validation", "skipRequestingAccountId": "skip_requesting_account_id",
+          "skipMetadataApiCheck": "skip_metadata_api_check", "s3UsePathStyle": "s3_use_path_style",
+          "accessKey": "access_key", "secretKey": "secret_key"}
+
+
+def provider_arguments() -> dict[str, Any]:
+    """``aws.Provider`` keyword arguments from the stack's ``aws:`` settings (none for dev and prod)."""
+    try:
+        settings = read_provider_settings()
+    except ProviderConfigError as exc:
+        raise pulumi.RunError(f"aws config: {exc}") from None
+    arguments: dict[str, Any] = {_SNAKE[k]: v for k, v in settings.items() if k != "endpoints"}
+    if "endpoints" in settings:
+        # pulumi-aws spells `lambda` as `lambda_`; names it does not know (pulumilocal writes a few) are left out.
+        fields = {("lambda_" if k == "lambda" else k): url for k, url in settings["endpoints"].items()}
+        arguments["endpoints"] = [aws.ProviderEndpointArgs(**{k: v for k, v in fields.items() if k in _ENDPOINT_FIELDS})]
+    return arguments
 
 
 #: The zone id a preview without ``meridian:hostedZoneId`` plans against (never deployed: `up` refuses).
@@ -125,6 +155,11 @@ def define_stack(topology: Topology) -> dict[str, Any]:
             opts=pulumi.ResourceOptions(providers={"aws": providers[region]}),
         )
         shared_validation = regions[region].shared_validation_fqdns
+
+    # Scheduled rotation of the signing keys (meridian:keyRotationDays; 0: none), in the secret's region.
+    if topology.operations.key_rotation_days:
+        KeyRotation("key-rotation", KeyRotationArgs(topology=topology, secret_arn=secret.arn, provider=providers[primary],
+                                                    alarm_topic_arn=regions[primary].alarm_topic_arn))
 
     edge = GlobalEdge(
         "edge",

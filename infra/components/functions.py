@@ -1,6 +1,9 @@
 """One region's Lambdas: the replication canary (every minute), the conflict auditor (on every zone
 table's stream in the region) and the evacuator (on the region's evacuate alarm, and the same schedule's
-reconcile). The code is one reproducible zip of exactly what the handlers import (lambda_archive)."""
+reconcile). The code is one reproducible zip of exactly what the handlers import (lambda_archive).
+
+Once per stack, in the primary region: the key rotator (:class:`KeyRotation`), on a schedule of
+``meridian:keyRotationDays``, from the same zip."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import functools
 import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +20,7 @@ import pulumi_aws as aws
 
 from infra import layout
 from infra.components import lambda_archive
-from infra.components.iam import role_with_policies
+from infra.components.iam import SECRET_ROTATE_ACTIONS, role_with_policies, secret_policy
 from infra.components.scope import Scope
 from meridian.topology import Topology
 
@@ -32,6 +36,11 @@ LAMBDAS = {
     "conflict-auditor": "lambdas.conflict_auditor.handler.lambda_handler",
     "evacuator": "lambdas.evacuator.handler.lambda_handler",
 }
+#: The once-per-stack key rotator (primary region only; see KeyRotation).
+KEY_ROTATOR = "key-rotator"
+KEY_ROTATOR_HANDLER = "lambdas.key_rotator.handler.lambda_handler"
+#: Every function runs the same zip: what all these handlers import.
+ARCHIVE_HANDLERS: tuple[str, ...] = (*LAMBDAS.values(), KEY_ROTATOR_HANDLER)
 
 
 def lambda_environment(topology: Topology, region: str) -> dict[str, str]:
@@ -51,10 +60,15 @@ def _logs_policy(partition: str, account: str, *, region: str, log_group: str) -
 def code_archive() -> pulumi.FileArchive:
     """The zip every function runs (written under build/; Pulumi hashes its bytes, not its path)."""
     try:
-        path = lambda_archive.write_archive(LAMBDAS.values())
+        path = lambda_archive.write_archive(ARCHIVE_HANDLERS)
     except OSError:  # a read-only checkout: the same bytes elsewhere are the same archive to Pulumi
-        path = lambda_archive.write_archive(LAMBDAS.values(), Path(tempfile.gettempdir()) / "meridian-build" / "lambda")
+        path = lambda_archive.write_archive(ARCHIVE_HANDLERS, Path(tempfile.gettempdir()) / "meridian-build" / "lambda")
     return pulumi.FileArchive(str(path))
+
+
+def powertools_layer(region: str) -> str:
+    return (f"arn:aws:lambda:{region}:{layout.POWERTOOLS_LAYER_ACCOUNT}:layer:AWSLambdaPowertoolsPythonV3-python312-x86_64:"
+            f"{layout.POWERTOOLS_LAYER_VERSION}")
 
 
 def functions(
@@ -65,10 +79,7 @@ def functions(
 ) -> dict[str, aws.lambda_.Function]:
     name, topology, region = scope.name, scope.topology, scope.region
     code = code_archive()
-    layer = (
-        f"arn:aws:lambda:{region}:{layout.POWERTOOLS_LAYER_ACCOUNT}:layer:AWSLambdaPowertoolsPythonV3-python312-x86_64:"
-        f"{layout.POWERTOOLS_LAYER_VERSION}"
-    )
+    layer = powertools_layer(region)
     env = lambda_environment(topology, region)
     policies: dict[str, Callable[[str, str], dict[str, Any]]] = {
         "replication-canary": lambda p, a: layout.canary_policy(topology, region, partition=p, account=a),
@@ -135,3 +146,102 @@ def functions(
             opts=scope.opts(depends_on=[*depends_on, *grants["conflict-auditor"]]),
         )
     return functions
+
+
+# -- the key rotator: once per stack, in the primary region ---------------------------------------------
+def key_rotator_environment(topology: Topology, secret_arn: str) -> dict[str, str]:
+    return {
+        "MERIDIAN_REGION": topology.secret_region,
+        "MERIDIAN_KEYS_SECRET_ARN": secret_arn,
+        "POWERTOOLS_SERVICE_NAME": POWERTOOLS_SERVICE,
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyRotationArgs:
+    topology: Topology
+    #: the secret in the primary region (the one the replicas copy; a replica cannot be written)
+    secret_arn: pulumi.Input[str]
+    #: the primary region's provider
+    provider: aws.Provider
+    #: the primary region's alarm topic: a failed rotation notifies it
+    alarm_topic_arn: pulumi.Input[str]
+
+    def __post_init__(self) -> None:
+        days = self.topology.operations.key_rotation_days
+        if days <= 0:
+            raise ValueError("meridian:keyRotationDays is 0: declare no KeyRotation")
+
+
+class KeyRotation(pulumi.ComponentResource):
+    """The key-rotator Lambda (meridian.rotation, the code path of `meridian keys rotate`) on an EventBridge
+    schedule of ``meridian:keyRotationDays``, allowed to read and write the stack's secret and nothing else,
+    and an alarm on its errors."""
+
+    function: aws.lambda_.Function
+    schedule: aws.cloudwatch.EventRule
+
+    def __init__(self, name: str, args: KeyRotationArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("meridian:functions:KeyRotation", name, None,
+                         pulumi.ResourceOptions.merge(pulumi.ResourceOptions(providers={"aws": args.provider}), opts))
+        topology, region = args.topology, args.topology.secret_region
+        identity = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        partition = aws.get_partition_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        scope = Scope(name=name, parent=self, topology=topology, region=region, account=identity.account_id,
+                      partition=partition.partition)
+        fn_name = f"{scope.prefix}-{KEY_ROTATOR}"
+        log_name = f"/aws/lambda/{fn_name}"
+        log_group = aws.cloudwatch.LogGroup(f"{name}-logs", name=log_name, retention_in_days=topology.sizing.log_retention_days,
+                                            opts=scope.opts())
+        role = role_with_policies(scope, name, "lambda.amazonaws.com", {
+            f"{name}-secret": secret_policy("RotateKeyRings", SECRET_ROTATE_ACTIONS, args.secret_arn),
+            f"{name}-logs": scope.account_policy(functools.partial(_logs_policy, region=region, log_group=log_name)),
+        })
+        self.function = aws.lambda_.Function(
+            name,
+            name=fn_name,
+            description="Rotates the session, peer and user-token keys of the stack's secret (meridian keys rotate)",
+            runtime=LAMBDA_RUNTIME,
+            handler=KEY_ROTATOR_HANDLER,
+            role=role.role.arn,
+            code=code_archive(),
+            layers=[powertools_layer(region)],
+            timeout=30,
+            memory_size=256,
+            environment=aws.lambda_.FunctionEnvironmentArgs(
+                variables=pulumi.Output.from_input(args.secret_arn).apply(lambda arn: key_rotator_environment(topology, arn))
+            ),
+            logging_config=aws.lambda_.FunctionLoggingConfigArgs(log_format="JSON", log_group=log_group.name),
+            opts=scope.opts(depends_on=[log_group, *role.grants]),
+        )
+        days = topology.operations.key_rotation_days
+        self.schedule = aws.cloudwatch.EventRule(
+            f"{name}-schedule",
+            description=f"Rotate the stack's signing keys every {days} days (meridian:keyRotationDays)",
+            schedule_expression=f"rate({days} days)",
+            opts=scope.opts(),
+        )
+        aws.cloudwatch.EventTarget(f"{name}-schedule", rule=self.schedule.name, arn=self.function.arn, opts=scope.opts())
+        aws.lambda_.Permission(
+            f"{name}-schedule", action="lambda:InvokeFunction", function=self.function.name,
+            principal="events.amazonaws.com", source_arn=self.schedule.arn, opts=scope.opts(),
+        )
+        notify = [args.alarm_topic_arn]
+        self.failed = aws.cloudwatch.MetricAlarm(
+            f"{name}-failed",
+            name=f"{scope.prefix}-key-rotation-failed",
+            alarm_description="The key rotator failed: the secret was not rotated (see docs/runbooks/key-rotation.md)",
+            namespace="AWS/Lambda",
+            metric_name="Errors",
+            dimensions={"FunctionName": self.function.name},
+            statistic="Sum",
+            period=3600,
+            evaluation_periods=1,
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            threshold=1,
+            treat_missing_data="notBreaching",
+            alarm_actions=notify,
+            ok_actions=notify,
+            opts=scope.opts(),
+        )
+        self.register_outputs({"function_name": self.function.name, "schedule": self.schedule.schedule_expression})

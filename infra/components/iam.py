@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -29,3 +29,23 @@ def role_with_policies(scope: Scope, resource_name: str, principal: str, policie
         aws.iam.RolePolicy(policy_name, role=role.id, policy=document, opts=scope.opts()) for policy_name, document in policies.items()
     ]
     return RoleWithPolicies(role, grants)
+
+
+#: What a running task needs to refresh its key rings (meridian.keysource). The secret is encrypted with
+#: Secrets Manager's AWS managed key (aws/secretsmanager), whose key policy already lets any principal of
+#: the account decrypt through Secrets Manager: no kms:Decrypt statement. A customer-managed key would need
+#: one, on that key in the same region.
+SECRET_READ_ACTIONS = ("secretsmanager:GetSecretValue",)
+#: What the key rotator needs (meridian.rotation): read the current version, write the next one.
+SECRET_ROTATE_ACTIONS = ("secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue")
+
+
+def secret_policy_document(sid: str, actions: Sequence[str], secret_arn: str) -> str:
+    """A policy allowing ``actions`` on exactly one secret (one region's replica: the ARN names its region)."""
+    if ":secretsmanager:" not in secret_arn or "*" in secret_arn:
+        raise ValueError(f"{sid}: {secret_arn!r} is not one secret's ARN")
+    return json.dumps(layout.policy(layout.allow(sid, actions, [secret_arn])))
+
+
+def secret_policy(sid: str, actions: Sequence[str], secret_arn: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.from_input(secret_arn).apply(lambda arn: secret_policy_document(sid, actions, arn))

@@ -16,7 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import layout
-from infra.components.iam import role_with_policies
+from infra.components.iam import SECRET_READ_ACTIONS, role_with_policies, secret_policy
 from infra.components.load_balancer import HEALTH_PATH, LoadBalancer
 from infra.components.network import Network
 from infra.components.scope import Scope
@@ -57,7 +57,9 @@ def health_check_command(port: int) -> list[str]:
 def container_definition(*, topology: Topology, region: str, image: str, log_group: str, secret_arn: str) -> dict[str, Any]:
     """The service container. No ``command``: the image's CMD starts uvicorn on ``MERIDIAN_PORT``."""
     port = topology.sizing.container_port
-    environment = service_environment(topology, region)
+    # The secret's replica in this region, re-read while the task runs (meridian.keysource): a rotation
+    # reaches running tasks without a redeploy.
+    environment = {**service_environment(topology, region), "MERIDIAN_KEYS_SECRET_ARN": secret_arn}
     return {
         "name": CONTAINER_NAME,
         "image": image,
@@ -147,6 +149,7 @@ def fargate_service(
     )
     task = role_with_policies(scope, f"{name}-task", "ecs-tasks.amazonaws.com", {
         f"{name}-task-tables": scope.account_policy(lambda p, a: layout.task_role_policy(topology, region, partition=p, account=a)),
+        f"{name}-task-keys": secret_policy("RefreshKeyRings", SECRET_READ_ACTIONS, secret_arn),
     })
     container_definitions = pulumi.Output.all(log_group.name, secret_arn, image).apply(
         lambda v: json.dumps(

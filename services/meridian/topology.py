@@ -200,6 +200,8 @@ class Operations:
     deletion_protection: bool = True
     #: conflicts recorded per minute in a region above which, 5 minutes in a row, the conflict alarm fires
     conflicts_per_minute: int = 10
+    #: days between scheduled rotations of the signing keys (meridian.rotation); 0: no scheduled rotation
+    key_rotation_days: int = 30
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -413,6 +415,7 @@ CONFIG_KEYS: dict[str, tuple[str, Any, str]] = {
     "alertHttpsEndpoints": ("array", [], "HTTPS endpoints (https://...) subscribed to every region's alarm topic."),
     "deletionProtection": ("boolean", Operations.deletion_protection, "false only for a teardown: tables lose deletion protection and Pulumi protect."),
     "conflictsPerMinute": ("integer", Operations.conflicts_per_minute, "Conflicts per minute in a region that, 5 minutes in a row, fire its conflict alarm."),
+    "keyRotationDays": ("integer", Operations.key_rotation_days, "Days between scheduled rotations of the signing keys (0: off; else 2 to 365)."),
 }
 
 _TABLE_OVERRIDE_KEYS = {"consistency", "witnessRegion"}
@@ -505,8 +508,23 @@ def _operations(get: Mapping[str, Any]) -> Operations:
     conflicts = _int(get, "conflictsPerMinute")
     if conflicts < 1:
         raise TopologyError(f"meridian:conflictsPerMinute is {conflicts}; use 1 or more")
+    rotation_days = _key_rotation_days(get)
     return Operations(alert_emails=lists["alertEmails"], alert_https_endpoints=lists["alertHttpsEndpoints"],
-                      deletion_protection=_bool(get, "deletionProtection"), conflicts_per_minute=conflicts)
+                      deletion_protection=_bool(get, "deletionProtection"), conflicts_per_minute=conflicts,
+                      key_rotation_days=rotation_days)
+
+
+def _key_rotation_days(get: Mapping[str, Any]) -> int:
+    """``meridian:keyRotationDays``: 0 (off) or at least two token lifetimes (meridian.rotation)."""
+    from meridian.rotation import LONGEST_TOKEN_TTL, MAX_ROTATION_DAYS, MIN_ROTATION_DAYS
+
+    days = _int(get, "keyRotationDays")
+    if days != 0 and not MIN_ROTATION_DAYS <= days <= MAX_ROTATION_DAYS:
+        raise TopologyError(
+            f"meridian:keyRotationDays is {days}; use 0 (no scheduled rotation) or {MIN_ROTATION_DAYS} to {MAX_ROTATION_DAYS}: "
+            f"a rotation drops the key before the current one, which must outlive every token it signed ({LONGEST_TOKEN_TTL // 3600} h)"
+        )
+    return days
 
 
 def _release(get: Mapping[str, Any], regions: tuple[str, ...]) -> Release:

@@ -132,8 +132,29 @@ def _offline(topology: Topology, region: str, restoring: bool, exc: Exception) -
     return Change(region, "evacuate", allowed, reason, allowed, dial_from=dial, dial_to=0.0 if allowed and dial is not None else dial)
 
 
+def _local_topology(args: argparse.Namespace) -> Topology:
+    """The stack the local run is running (its state names the stack file), not the default ``dev``;
+    a ``--stack``/``--config`` that names another stack is a mistake, said in one line."""
+    from meridian.topology import load_stack_file
+    from meridian_local.state import read_state, resolve
+
+    state_dir = resolve(Path(args.state_dir) if args.state_dir else None)
+    state = read_state(state_dir)
+    if state is None:
+        raise UsageError(f"no local run in {state_dir}; start one with `meridian up --local`")
+    if args.config or args.stack:
+        topology = resolve_topology(args)
+        if topology.stack != state.get("stack"):
+            raise UsageError(f"the local run runs stack {state.get('stack')!r}, not {topology.stack!r}; drop --stack/--config "
+                             "to act on the running stack")
+        return topology
+    if not state.get("config"):
+        raise UsageError("the local run does not record its stack file (started by an older meridian); pass --stack NAME")
+    return load_stack_file(Path(state["config"]))
+
+
 def cmd_evacuate(args: argparse.Namespace) -> int:
-    topology = resolve_topology(args)
+    topology = _local_topology(args) if args.local else resolve_topology(args)
     if args.region not in topology.regions:
         raise UsageError(f"{args.region} is not a region of stack {topology.stack} ({', '.join(topology.regions)})")
     restoring = args.command == "restore"
@@ -182,9 +203,9 @@ def cmd_evacuate(args: argparse.Namespace) -> int:
 
 
 def _local(args: argparse.Namespace, topology: Topology, restoring: bool) -> int:
-    from meridian_local.state import DEFAULT_DIR, NotRunning, control
+    from meridian_local.state import NotRunning, control, resolve
 
-    state_dir = Path(args.state_dir) if args.state_dir else DEFAULT_DIR
+    state_dir = resolve(Path(args.state_dir) if args.state_dir else None)
     try:
         status = control(state_dir, "GET", "status")
     except NotRunning as exc:
@@ -274,8 +295,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--via", metavar="REGION", help="read and write the records through this region (default: the stack's first other region)")
         p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
         p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-        p.add_argument("--local", action="store_true", help="act on the local run's emulated edge")
+        p.add_argument("--local", action="store_true", help="act on the local run's emulated edge (its running stack)")
         p.add_argument("--state-dir", help=argparse.SUPPRESS)
+        p.set_defaults(stack=None)  # without --stack: dev, or with --local the stack the local run runs
         p.set_defaults(handler=cmd_evacuate)
     p = sub.add_parser("evacuations", help="each region's evacuation record, evacuation alarm and accelerator dial",
                        description="each region's evacuation record, evacuation alarm and accelerator dial")

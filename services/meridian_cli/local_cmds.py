@@ -9,17 +9,37 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from meridian_cli.commands import REGISTRY
-from meridian_cli.main import UsageError, add_stack_options, console, resolve_topology
+from meridian_cli.main import UsageError, add_stack_options, resolve_topology
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
-    from meridian_local.state import DEFAULT_DIR
+    """``--state-dir`` as given; else ``.meridian/local`` of the project root (found from any folder inside it)."""
+    from meridian_local.state import resolve
 
-    return Path(getattr(args, "state_dir", None) or DEFAULT_DIR)
+    given = getattr(args, "state_dir", None)
+    return resolve(Path(given) if given else None).absolute()
+
+
+def console() -> Any:
+    """A rich console as wide as the terminal (80 columns in a pipe): the local run's tables fit 80."""
+    from rich.console import Console
+
+    return Console()
+
+
+def emit(text: str) -> None:
+    """Print to stdout; a reader that closed the pipe (``| head``) ends the output quietly, not in a traceback."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush goes nowhere
 
 
 def _positive(text: str) -> float:
@@ -32,8 +52,10 @@ def _positive(text: str) -> float:
     return value
 
 
-def start_local(topology_path: str, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, timeout: float = 120) -> dict[str, Any]:
-    """Start the supervisor in the background and wait until every region serves."""
+def start_local(topology_path: str, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, timeout: float = 120,
+                backend: str = "moto", progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Start the supervisor in the background and wait until every region serves; ``progress`` gets each
+    line the supervisor logs meanwhile."""
     from meridian_local import moto_server
     from meridian_local.state import read_state, state_file
 
@@ -45,13 +67,18 @@ def start_local(topology_path: str, state_dir: Path, *, time_scale: float, laten
     log_path = state_dir / "supervisor.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the supervisor's output
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meridian_local.supervisor", "--config", topology_path, "--state", str(state_dir),
+        [sys.executable, "-m", "meridian_local.supervisor", "--config", str(Path(topology_path).resolve()), "--state", str(state_dir.absolute()),
          "--edge-port", str(moto_server.free_port()), "--time-scale", str(time_scale), "--latency-scale", str(latency_scale),
-         "--lag", str(lag)],
+         "--lag", str(lag), "--backend", backend],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
-    deadline = time.monotonic() + timeout
+    deadline, shown = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
+        if progress is not None:
+            lines = log_path.read_text(errors="replace").splitlines()
+            for line in lines[shown:]:
+                progress(line.split("] ", 1)[-1])
+            shown = len(lines)
         state = read_state(state_dir)
         if state is not None:
             return state
@@ -90,12 +117,26 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     if (running := read_state(state_dir)) is not None:
         raise UsageError(f"a local run is already up (edge {running['edge']}, pid {running['pid']}); run `meridian down` first")
+    if args.backend == "localstack":
+        from meridian_local.backend import BackendError, check_answers, localstack_endpoint
+
+        try:  # before anything starts: one line naming LOCALSTACK_HOST and `localstack start`
+            check_answers(localstack_endpoint())
+        except BackendError as exc:
+            raise UsageError(str(exc)) from None
     out = console()
-    out.print(f"starting {len(topology.regions)} regions of {topology.project}/{topology.stack} locally ...")
-    state = start_local(path, state_dir, time_scale=args.time_scale, latency_scale=args.latency_scale, lag=args.lag)
-    out.print(f"edge {state['edge']}  embedded AWS {state['aws_endpoint']}  state {state_dir}")
+    started = time.monotonic()
+    with out.status(f"starting {len(topology.regions)} regions of {topology.project}/{topology.stack} locally ...") as spinner:
+        def progress(line: str) -> None:
+            spinner.update(f"[{time.monotonic() - started:4.1f} s] {line[:70]}")
+        state = start_local(path, state_dir, time_scale=args.time_scale, latency_scale=args.latency_scale, lag=args.lag,
+                            backend=args.backend, progress=progress)
+    aws = "embedded AWS" if args.backend == "moto" else "LocalStack"
+    out.print(f"up in {time.monotonic() - started:.1f} s: edge {state['edge']}")
+    out.print(f"  {aws} {state['aws_endpoint']}; state {state_dir}")
     for region, info in state["regions"].items():
         out.print(f"  {region:16} {info['url']}")
+    print(f"export EDGE={state['edge']}")
     if args.detach:
         out.print("running in the background: `meridian local status`, `meridian down`")
         return 0
@@ -110,14 +151,25 @@ def _status_table(status: dict[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"{status['stack']}: edge {status['edge']}", title_justify="left")
-    for column in ("region", "state", "edge health", "dial", "requests", "errors"):
-        table.add_column(column)
+    for column, justify in (("region", "left"), ("service", "left"), ("restarts", "right"), ("edge", "left"), ("dial", "right"),
+                            ("requests", "right"), ("errors", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for region, r in status["regions"].items():
-        table.add_row(region, r["state"], "healthy" if r["healthy"] else "[red]unhealthy[/]", str(r["dial"]), str(r["requests"]), str(r["errors"]))
+        state = r["state"] if r["state"] != "crashed" else f"[red]crashed[/] (restart in {r.get('restart_in') or 0:.1f} s)"
+        table.add_row(region, state, str(r.get("restarts", 0)), "healthy" if r["healthy"] else "[red]unhealthy[/]", str(r["dial"]),
+                      str(r["requests"]), str(r["errors"]))
     rep = status["replication"]
     lags = ", ".join(f"{k} {v['lag_p50_ms']:.0f} ms" for k, v in rep["pairs"].items() if v["lag_p50_ms"] is not None) or "no traffic yet"
-    table.caption = (f"replication: pending {rep['pending']}, held {rep['held']}, conflicts {rep['conflicts_recorded']}, "
-                     f"partitions {rep['partitions'] or 'none'}\nlag p50: {lags}")
+    backend = status.get("backend") or {}
+    if backend.get("shared"):
+        rep_line = f"replication: {backend['replication']}; strong keys: {backend['strong_keys']}"
+    else:
+        rep_line = f"replication: pending {rep['pending']}, held {rep['held']}, conflicts {rep['conflicts_recorded']}, partitions {rep['partitions'] or 'none'}"
+    aws = status.get("aws") or {}
+    aws_line = f"backend: {backend.get('name', 'moto')} at {status['aws_endpoint']}"
+    if aws.get("state") == "dead":
+        aws_line += f"\n[red]AWS DEAD[/] since {time.strftime('%H:%M:%S', time.localtime(aws['since']))}: {aws.get('detail')}"
+    table.caption = f"{aws_line}\n{rep_line}" + ("" if backend.get("shared") else f"\nlag p50: {lags}")
     table.caption_justify = "left"
     return table
 
@@ -141,7 +193,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except NotRunning as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        print(json.dumps(status, indent=2, sort_keys=True))
+        emit(json.dumps(status, indent=2, sort_keys=True))
     else:
         console().print(_status_table(status))
     return 0
@@ -157,8 +209,12 @@ def _control(args: argparse.Namespace, method: str, path: str, body: dict[str, A
 
 
 def cmd_fail(args: argparse.Namespace) -> int:
-    _control(args, "POST", f"fail/{args.region}")
-    print(f"{args.region} failed: its service is down and replication to and from it is held")
+    _control(args, "POST", f"fail/{args.region}", {"hard": True} if args.hard else {})
+    if args.hard:
+        print(f"{args.region} lost: its service is down and what it had not replicated is destroyed "
+              "(its replicas are rebuilt from the survivors at heal)")
+    else:
+        print(f"{args.region} failed: its service is down and replication to and from it is held")
     return 0
 
 
@@ -181,38 +237,59 @@ def cmd_down(args: argparse.Namespace) -> int:
     if read_state(state_dir) is None:
         print(f"no local run in {state_dir}")
         return 0
+    backend = (read_state(state_dir) or {}).get("backend") or {}
     left = stop_local(state_dir)
     if left:
         raise UsageError(f"processes still alive after stopping: {left}")
     print("stopped the local run; no process left")
+    if backend and not backend.get("owned", True):
+        print(f"{backend.get('name')} at {backend.get('endpoint')} was not started by Meridian: it keeps running, with its data")
     return 0
 
 
 def cmd_gameday(args: argparse.Namespace) -> int:
     from meridian_local import gameday
+    from meridian_local.backend import record_not_possible, split_scenarios
     from meridian_local.state import read_state
 
     state_dir = _state_dir(args)
-    if read_state(state_dir) is None:
+    if (state := read_state(state_dir)) is None:
         raise UsageError(f"no local run in {state_dir}; start one with `meridian up --local --detach` first")
+    if args.workers < 0:
+        raise UsageError("--workers must be 0 or more")
     scenarios = list(gameday.SCENARIOS) if args.scenario == "all" else [args.scenario]
+    # Shared replicas (LocalStack): what needs diverging replicas is reported, never run and called passed.
+    scenarios, not_possible = split_scenarios(scenarios, state.get("backend"))
+    if not scenarios:
+        raise UsageError("; ".join(f"{name} is {reason}" for name, reason in not_possible.items()))
     out = console()
-    out.print(f"game day: {', '.join(scenarios)} (phases of {args.phase_seconds:.0f} s) ...")
-    metrics = gameday.run(state_dir, scenarios, Path(args.report), phase_seconds=args.phase_seconds, workers=args.workers)
+    for name, reason in not_possible.items():
+        out.print(f"  [yellow]NOT POSSIBLE[/] {name}: {reason}")
+    out.print(f"game day on {state.get('stack')}: {', '.join(scenarios)} (phases of {args.phase_seconds:g} s, {args.workers} clients)")
+    with out.status("load starting ...") as spinner:
+        def progress(line: str) -> None:
+            out.print(f"  {line}")
+            spinner.update(line.split("  ", 1)[-1])
+        metrics = gameday.run(state_dir, scenarios, Path(args.report), phase_seconds=args.phase_seconds, workers=args.workers,
+                              progress=progress)
+    record_not_possible(Path(args.report), not_possible)
     for name, check in metrics["checks"].items():
         mark = "[green]PASS[/]" if check["pass"] else "[red]FAIL[/]"
-        detail = check.get("value", f"{check.get('recorded')} recorded, {check.get('injected')} injected")
-        out.print(f"  {mark} {name}: {detail}" + ("" if check["pass"] else f"  {check.get('examples') or check}"))
-    if "failover" in metrics:
-        f = metrics["failover"]
-        seconds = f"{f['seconds']:.2f} s" if f["seconds"] is not None else "never"
-        mark = "[green]PASS[/]" if f["within_target"] else "[red]FAIL[/]"
-        out.print(f"  {mark} failover of {f['region']}: {seconds} (interval x threshold {f['target_seconds']:.2f} s, "
-                  f"allowed {f['allowed_seconds']:.2f} s); "
-                  f"retries rescued {f['retries_rescued']}, errors after retry {f['client_errors_in_window']}")
+        out.print(f"  {mark} {name}: {check.get('value')}" + ("" if check["pass"] else f": {metrics['failures'].get(name, '')}"),
+                  highlight=False)
+    for scenario, f in metrics["scenario_results"].items():
+        if "seconds" in f:
+            seconds = f"{f['seconds']:.2f} s" if f["seconds"] is not None else "never"
+            mark = "[green]PASS[/]" if f["within_target"] else "[red]FAIL[/]"
+            out.print(f"  {mark} {scenario}: edge failover {seconds} (allowed {f['allowed_seconds']:.2f} s)")
+    lost = metrics["checks"].get("acknowledged_writes_lost", {})
+    if "hard-region-loss" in metrics["scenario_results"]:
+        out.print(f"  RPO of the hard region loss: {lost.get('lost_unreplicated', 0)} acknowledged writes lost unreplicated; "
+                  f"{lost.get('lost_by_bug', 0)} lost by a bug")
+    convergence = metrics["convergence_seconds"]
     out.print(f"  {metrics['requests']} requests, {metrics['requests_per_second']:.0f}/s; converged "
-              f"{metrics['convergence_seconds'] if metrics['convergence_seconds'] is None else round(metrics['convergence_seconds'], 2)} s after the load stopped")
-    out.print(f"report: {Path(args.report) / 'report.md'} (metrics.json, timeline.png)")
+              f"{'never' if convergence is None else f'{convergence:.2f} s'} after the load stopped")
+    out.print(f"report: {Path(args.report) / 'report.md'} (metrics.json, timeline.png, history.jsonl)")
     return 0 if metrics["passed"] else 1
 
 
@@ -224,6 +301,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up.add_argument("--latency-scale", type=_positive, default=1.0, help="multiply real inter-region delays (0: none)")
     up.add_argument("--time-scale", type=_positive, default=1.0, help="multiply health-check intervals (0.1: ten times faster)")
     up.add_argument("--lag", type=_positive, default=0.5, help="emulated replication lag in seconds (default 0.5)")
+    up.add_argument("--backend", choices=["moto", "localstack"], default="moto",
+                    help="moto (default): an embedded moto server; localstack: a LocalStack you run (LOCALSTACK_HOST, default localhost:4566)")
     up.add_argument("--state-dir", help=argparse.SUPPRESS)
     up.set_defaults(handler=cmd_up)
 
@@ -234,6 +313,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.set_defaults(handler=cmd_status)
     fail = local_sub.add_parser("fail", help="fail a region (its service dies; replication holds)")
     fail.add_argument("region")
+    fail.add_argument("--hard", action="store_true", help="a disaster: also destroy the writes it had not replicated yet")
     fail.set_defaults(handler=cmd_fail)
     part = local_sub.add_parser("partition", help="cut the link between two regions")
     part.add_argument("region_a")
@@ -246,7 +326,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--state-dir", help=argparse.SUPPRESS)
 
     day = sub.add_parser("gameday", help="drive load through the local edge, inject a failure, heal, check")
-    day.add_argument("--scenario", choices=["region-loss", "partition", "conflicts", "all"], default="all")
+    day.add_argument("--scenario", choices=["region-loss", "hard-region-loss", "partition", "conflicts", "all"], default="all")
     day.add_argument("--report", default="reports/gameday", metavar="DIR", help="where report.md, metrics.json, timeline.png go")
     day.add_argument("--phase-seconds", type=_positive, default=6.0, help="length of each steady phase")
     day.add_argument("--workers", type=int, default=8, help="concurrent clients")

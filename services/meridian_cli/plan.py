@@ -6,11 +6,42 @@ import argparse
 import json
 import warnings
 from collections import Counter, defaultdict
+from typing import Any
 
 from meridian_cli.commands import REGISTRY
 from meridian_cli.main import UsageError, add_stack_options, console, stack_file
 
 GLOBAL_SERVICES = ("aws:route53/", "aws:globalaccelerator/")
+SKIP_FLAGS = {"skipCredentialsValidation": "credential validation", "skipRequestingAccountId": "account id lookup",
+              "skipMetadataApiCheck": "metadata API check"}
+
+
+def provider_summary(inputs: dict[str, Any]) -> dict[str, Any]:
+    """What an explicit aws provider is aimed at, from its registered inputs (JSON strings, secrets wrapped)."""
+    raw = inputs.get("endpoints")
+    listed = json.loads(raw) if isinstance(raw, str) else (raw or [])
+    endpoints: dict[str, str] = {}
+    for entry in listed:
+        endpoints |= {k: v for k, v in entry.items() if v}
+    return {
+        "region": inputs.get("region"),
+        "endpoints": endpoints,
+        "skip": sorted(k for k in SKIP_FLAGS if str(inputs.get(k)).lower() == "true"),
+        "s3UsePathStyle": str(inputs.get("s3UsePathStyle")).lower() == "true",
+        "credentials": "from the stack (aws:accessKey)" if inputs.get("accessKey") else "the environment's",
+    }
+
+
+def provider_line(providers: list[dict[str, Any]]) -> str:
+    """One line per distinct target: e.g. 4 aws providers -> http://localhost:4566 (18 services), skipping ..."""
+    regions = ", ".join(str(p["region"]) for p in providers)
+    urls = sorted({u for p in providers for u in p["endpoints"].values()})
+    if not urls:
+        return f"providers: {len(providers)} aws ({regions}) -> AWS's own endpoints"
+    services = min(len(p["endpoints"]) for p in providers)
+    skips = sorted({SKIP_FLAGS[k] for p in providers for k in p["skip"]})
+    return (f"providers: {len(providers)} aws ({regions}) -> {', '.join(urls)} ({services} services each)"
+            + (f"; skipping {', '.join(skips)}" if skips else "") + f"; credentials {providers[0]['credentials']}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -28,6 +59,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     topology = plan.topology
     resources = [Res(r.type, r.name, r.region, r.inputs) for r in plan.resources if r.custom]
     violations = check(resources, topology.regions)
+    providers = sorted((provider_summary(p.inputs) for p in plan.providers if p.type == "pulumi:providers:aws"),
+                       key=lambda p: str(p["region"]))
     if args.json:
         print(
             json.dumps(
@@ -35,6 +68,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "stack": topology.stack,
                     "resources": [r.to_json() for r in plan.custom],
                     "outputs": plan.outputs,
+                    "providers": providers,
                     "violations": [v.to_json() for v in violations],
                     "messages": plan.messages,
                 },
@@ -68,6 +102,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table.add_row("[bold]total[/]", *[f"[bold]{t}[/]" for t in totals])
     out.print(table)
     out.print(f"outputs: api {plan.outputs.get('apiUrl')}, accelerator {plan.outputs.get('acceleratorDnsName') or 'off'}")
+    out.print(provider_line(providers), highlight=False)
     for message in plan.messages:
         out.print(f"[yellow]{message}[/]")
     from policy.rules import RULES

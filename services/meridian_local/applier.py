@@ -1,8 +1,10 @@
-"""Apply the rendered Pulumi program to the embedded AWS (a moto server), with boto3.
+"""Apply the rendered Pulumi program to the local run's AWS (the embedded moto server, or a LocalStack;
+meridian_local.backend), with boto3.
 
 Everything the local run uses is created here from the program's own resources: DynamoDB tables in
-their provider region *and* in each region of their ``replicas`` (moto accepts replica settings but
-creates nothing), with the declared key schema, indexes, streams and TTL; the session-key secret in
+their provider region, their ``replicas`` asked for as AWS takes them (UpdateTable ReplicaUpdates; a
+backend that creates none, like moto, gets a table per replica region), with the declared key schema,
+indexes, streams and TTL; the session-key secret in
 every region; Route 53 zone, health checks and records; VPC, subnets, security groups, ALB, target
 group and listeners; ECS cluster, task definition and service; IAM roles; log groups; CloudWatch
 alarms; Lambda functions (created, not run: moto needs Docker to invoke). A table or index the service
@@ -25,6 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.render import Plan, PlannedResource
+from meridian_local.backend import BackendError, create_global_table, existing_tables
 from meridian_local.validation import validate_requests
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's signature key for secret values
@@ -54,8 +57,10 @@ class Applied:
 
 
 class Applier:
-    def __init__(self, plan: Plan, endpoint: str) -> None:
+    def __init__(self, plan: Plan, endpoint: str, *, make_client: Callable[[str, str], Any] | None = None) -> None:
         self.plan, self.endpoint = plan, endpoint
+        #: the backend's client factory (service, region); default: boto3 against ``endpoint``
+        self.make_client = make_client
         self.result = Applied(endpoint=endpoint)
         self._ids: dict[str, str] = {}  # mock id or ARN -> moto's
         self._clients: dict[tuple[str, str], Any] = {}
@@ -66,10 +71,11 @@ class Applier:
         key = (service, region)
         if key not in self._clients:
             # Every request is checked against AWS's service model first: moto accepts what AWS refuses.
-            self._clients[key] = validate_requests(boto3.client(
+            raw = self.make_client(service, region) if self.make_client else boto3.client(
                 service, region_name=region, endpoint_url=self.endpoint, config=NO_RETRIES,
                 aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local",
-            ))
+            )
+            self._clients[key] = validate_requests(raw)
         return self._clients[key]
 
     def real(self, value: Any) -> Any:
@@ -111,6 +117,13 @@ class Applier:
             "aws:lambda/function:Function": self.function,
             "aws:globalaccelerator/endpointGroup:EndpointGroup": self.endpoint_group,
         }
+        tables = {str(t.inputs["name"]): t.region or "" for t in self.plan.of_type("aws:dynamodb/table:Table")}
+        if left := existing_tables(lambda region: self.client("dynamodb", region), tables):
+            raise BackendError(
+                f"the AWS at {self.endpoint} already holds {len(left)} table(s) of stack {self.plan.topology.stack} from an earlier run "
+                f"(e.g. {left[0]}), kept because Meridian never deletes a backend's data; delete them "
+                f"(awslocal dynamodb delete-table --table-name ...) or restart LocalStack, then run `meridian up` again"
+            )
         self.delegated_zone()
         for resource in self.plan.custom:
             handler = handlers.get(resource.type)
@@ -156,11 +169,12 @@ class Applier:
         if indexes:
             args["GlobalSecondaryIndexes"] = indexes
         regions = [r.region or "", *[rep["regionName"] for rep in i.get("replicas") or []]]
-        for region in regions:
-            client = self.client("dynamodb", region)
-            client.create_table(**args)
+        # Replicas are asked for as AWS takes them; a backend that creates none (moto) gets a table per region.
+        created = create_global_table(lambda region: self.client("dynamodb", region), args, regions[0], regions[1:])
+        for region in created:
             if i.get("ttl"):
-                client.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": i["ttl"]["attributeName"]})
+                self.client("dynamodb", region).update_time_to_live(
+                    TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": i["ttl"]["attributeName"]})
         self.result.tables[name] = regions
         self.result.keys[name] = (i["hashKey"], i.get("rangeKey"))
 
@@ -371,7 +385,7 @@ class Applier:
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 500:
                 raise
-            self.result.unsupported.append(f"PutCompositeAlarm {i['alarmName']} (moto {exc.response['ResponseMetadata']['HTTPStatusCode']})")
+            self.result.unsupported.append(f"PutCompositeAlarm {i['alarmName']} (the backend answered {exc.response['ResponseMetadata']['HTTPStatusCode']})")
 
     def function(self, r: PlannedResource) -> None:
         i = self.real(r.inputs)
@@ -395,5 +409,5 @@ def _lambda_zip() -> bytes:
     return _ZIP
 
 
-def apply(plan: Plan, endpoint: str) -> Applied:
-    return Applier(plan, endpoint).apply()
+def apply(plan: Plan, endpoint: str, *, make_client: Callable[[str, str], Any] | None = None) -> Applied:
+    return Applier(plan, endpoint, make_client=make_client).apply()

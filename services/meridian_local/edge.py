@@ -7,9 +7,12 @@ between regions, in one HTTP endpoint.
   of N consecutive results to change state. When no region is healthy it fails open to every region
   with a dial above 0, as Route 53 and Global Accelerator do. Traffic dials are applied as weights
   across equally near regions only (enough for evacuation: dial 0 removes a region).
-- ``/_link/{src}/{dst}/...`` is the network between regions: region-to-region calls pass through it,
-  with the inter-region delay injected and partitions enforced (502, as a load balancer answers when
-  nothing behind it can be reached).
+- ``/_link/{secret}/{src}/{dst}/...`` is the network between regions: region-to-region calls pass through
+  it, with the inter-region delay injected and partitions enforced (502, as a load balancer answers when
+  nothing behind it can be reached). ``secret`` is the run's link secret, which only the region processes
+  know (it is part of the peer URLs in their environment): a client on the edge port gets 401.
+- The control API (``/_meridian/...``) needs ``Authorization: Bearer <control secret>``, the per-run
+  secret the supervisor writes into the state folder's ``state.json`` (mode 0600); else 401.
 - Delays are real round-trip medians (meridian.geo) times ``latency_scale``; 0 disables them.
   ``POST /_meridian/slow {"a", "b", "seconds"}`` adds a delay to the *answers* on a link (the request
   reaches the region and executes; its answer is late), the slow forward that makes a caller time out
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +84,16 @@ class RegionState:
     errors: int = 0
 
 
+def unauthorized(message: str) -> JSONResponse:
+    return JSONResponse({"error": "unauthorized", "message": message}, status_code=401, headers={"WWW-Authenticate": 'Bearer realm="meridian-control"'})
+
+
 class Edge:
+    #: Set by the supervisor before serving (None: open). The control API needs ``Authorization: Bearer
+    #: <control_secret>``; ``/_link`` needs ``link_secret`` as its first path segment.
+    control_secret: str | None = None
+    link_secret: str | None = None
+
     def __init__(self, regions: dict[str, str], *, dials: dict[str, int], health: dict[str, dict[str, Any]],
                  time_scale: float = 1.0, latency_scale: float = 1.0, default_client: str | None = None) -> None:
         self.regions = {r: RegionState(url=u, dial=dials.get(r, 100)) for r, u in regions.items()}
@@ -169,7 +182,27 @@ class Edge:
                                               connector=aiohttp.TCPConnector(limit=200, keepalive_timeout=30))
         return self._aio
 
+    def control_allowed(self, request: Request) -> bool:
+        if self.control_secret is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.control_secret.encode())
+
+    def guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """``endpoint`` answered only with the run's control secret; 401 before anything else (body unread)."""
+        async def handler(request: Request) -> Response:
+            if not self.control_allowed(request):
+                return unauthorized("the control API needs the run's secret: Authorization: Bearer <control_secret "
+                                    "of .meridian/local/state.json>; `meridian local ...` sends it")
+            return await endpoint(request)
+        return handler
+
+    async def no_such_control(self, request: Request) -> Response:
+        return JSONResponse({"error": "not_found", "message": f"no control route {request.url.path}"}, status_code=404)
+
     async def link(self, request: Request) -> Response:
+        if self.link_secret is not None and not hmac.compare_digest(request.path_params["secret"].encode(), self.link_secret.encode()):
+            return unauthorized("/_link is the emulated network between regions, for the run's region processes only")
         src, dst, rest = request.path_params["src"], request.path_params["dst"], request.path_params["rest"]
         if dst not in self.regions:
             return JSONResponse({"error": "no_such_region", "message": dst}, status_code=404)
@@ -220,9 +253,10 @@ class Edge:
 
     def app(self, control_routes: list[Route]) -> Starlette:
         routes = [
-            *control_routes,
-            Route("/_meridian/slow", self.set_slow, methods=["POST"]),
-            Route("/_link/{src}/{dst}/{rest:path}", self.link, methods=["GET", "POST", "PUT", "DELETE"]),
+            *(Route(r.path, self.guarded(r.endpoint), methods=r.methods) for r in control_routes),
+            Route("/_meridian/slow", self.guarded(self.set_slow), methods=["POST"]),
+            Route("/_meridian/{rest:path}", self.guarded(self.no_such_control), methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+            Route("/_link/{secret}/{src}/{dst}/{rest:path}", self.link, methods=["GET", "POST", "PUT", "DELETE"]),
             Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
         @contextlib.asynccontextmanager

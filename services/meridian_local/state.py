@@ -1,4 +1,10 @@
-"""Where a local run keeps its state, and the client of its control API."""
+"""Where a local run keeps its state, and the client of its control API.
+
+The state folder is ``.meridian/local`` in the project root: the nearest folder, from the current one
+upwards, that holds ``Pulumi.yaml`` (so ``meridian down`` run from ``services/`` finds the run started
+at the root); outside any project, the current folder. Its ``state.json`` (mode 0600) carries the
+run's control secret: every ``/_meridian/...`` call sends it as ``Authorization: Bearer <secret>``.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,43 @@ from typing import Any
 import httpx
 
 DEFAULT_DIR = Path(".meridian") / "local"
+#: The header the control API reads: ``Authorization: Bearer <control_secret of state.json>``.
+CONTROL_HEADER = "Authorization"
 
 
 class NotRunning(RuntimeError):
     """No local run is up."""
 
 
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder from ``start`` (default: the current one) upwards that holds Pulumi.yaml; else ``start``."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "Pulumi.yaml").is_file():
+            return folder
+    return here
+
+
+def resolve(state_dir: Path | None = None) -> Path:
+    """The state folder: ``state_dir`` as given, except the default, which lives in the project root."""
+    if state_dir is None or Path(state_dir) == DEFAULT_DIR:
+        return project_root() / DEFAULT_DIR
+    return Path(state_dir)
+
+
 def state_file(state_dir: Path) -> Path:
-    return state_dir / "state.json"
+    return resolve(state_dir) / "state.json"
+
+
+def write_state(state_dir: Path, state: dict[str, Any]) -> None:
+    """Written whole (a reader never sees half a file) and readable by its owner only: it holds the secret."""
+    path = state_file(state_dir)
+    tmp = path.with_name(f".state.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(state, indent=2))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 def pid_alive(pid: int) -> bool:
@@ -41,17 +76,25 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         state: dict[str, Any] = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, OSError):
         return None
     return state if pid_alive(int(state.get("pid", 0))) else None
+
+
+def control_headers(state: dict[str, Any]) -> dict[str, str]:
+    secret = state.get("control_secret")
+    return {CONTROL_HEADER: f"Bearer {secret}"} if secret else {}
 
 
 def control(state_dir: Path, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> dict[str, Any]:
     state = read_state(state_dir)
     if state is None:
-        raise NotRunning(f"no local run in {state_dir}; start one with `meridian up --local`")
-    resp = httpx.request(method, f"{state['edge']}/_meridian/{path}", json=body, timeout=timeout)
-    data: dict[str, Any] = resp.json()
+        raise NotRunning(f"no local run in {resolve(state_dir)}; start one with `meridian up --local`")
+    resp = httpx.request(method, f"{state['edge']}/_meridian/{path}", json=body, timeout=timeout, headers=control_headers(state))
+    try:
+        data: dict[str, Any] = resp.json()
+    except ValueError:
+        data = {"message": resp.text}
     if resp.status_code >= 400:
         raise ValueError(data.get("message", resp.text))
     return data

@@ -6,7 +6,15 @@
    definition declares (secrets resolved from the embedded Secrets Manager), plus the AWS endpoint,
    the emulated network's URLs for peers, and the scaled probe interval;
 4. the replication emulator and the edge, in this process; the edge's port also serves the control
-   API (``/_meridian/...``) used by ``meridian local ...``, ``meridian down`` and game days.
+   API (``/_meridian/...``) used by ``meridian local ...``, ``meridian down`` and game days, which needs
+   the run's control secret (``state.json``, mode 0600); the region processes reach each other through
+   ``/_link/<link secret>/...``, a secret only their environment holds.
+
+Supervision: a region service that dies unasked is a *crash*: it is restarted after a backoff (0.5 s
+doubling to 10 s, back to 0.5 s once it has served for 10 s) and counted (``restarts`` per region in the
+status). A region failed on purpose (``fail``, a game day's region loss) is *failed*, never restarted
+until healed. A normal stop is neither. If the embedded AWS dies, the run stays up and says so
+(``aws.state`` in the status); the services answer 503 ``storage_unavailable``.
 
 Run by ``meridian up --local``; stops everything it started on SIGTERM/SIGINT or ``POST /_meridian/shutdown``.
 """
@@ -14,8 +22,10 @@ Run by ``meridian up --local``; stops everything it started on SIGTERM/SIGINT or
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -32,18 +42,31 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infra.render import Plan
+from meridian_local import backend as backends
 from meridian_local import moto_server
 from meridian_local.applier import Applied, apply
 from meridian_local.edge import Edge
 from meridian_local.replicator import Replicator
-from meridian_local.state import state_file
+from meridian_local.state import write_state
+
+#: Restart backoff of a crashed region service: first wait, cap, and how long it must serve to reset.
+BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 10.0
 
 
 class RegionProcess:
+    """One region's service process. ``state``: starting | serving | crashed (waiting for its restart) |
+    failed (stopped on purpose: a fault, never restarted until healed)."""
+
     def __init__(self, region: str, port: int, env: dict[str, str], log: Path) -> None:
         self.region, self.port, self.env, self.log = region, port, env, log
         self.proc: subprocess.Popen[bytes] | None = None
-        self.state = "starting"  # serving | failed | crashed
+        self.state = "starting"
+        self.restarts = 0
+        self.backoff = BACKOFF_FIRST
+        self.restart_at: float | None = None  # monotonic time of the next restart of a crashed service
+        self.serving_since: float | None = None
+        self.last_exit: int | None = None
+        self.crashes: list[dict[str, Any]] = []  # {at, exit}: every crash, never hidden
 
     @property
     def url(self) -> str:
@@ -59,14 +82,32 @@ class RegionProcess:
         self.state = "starting"
 
     def kill(self) -> None:
+        """SIGKILL, as a region dies in a disaster."""
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
 
+    def stop(self) -> None:
+        """A normal stop: SIGTERM, then SIGKILL after 5 s."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "state": self.state, "pid": self.proc.pid if self.proc else None, "restarts": self.restarts,
+                "last_exit": self.last_exit, "crashes": self.crashes[-5:],
+                "restart_in": round(max(0.0, self.restart_at - time.monotonic()), 2) if self.state == "crashed" and self.restart_at else None}
+
 
 class Supervisor:
-    def __init__(self, plan: Plan, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, edge_port: int) -> None:
+    def __init__(self, plan: Plan, state_dir: Path, *, time_scale: float, latency_scale: float, lag: float, edge_port: int,
+                 backend: str = "moto") -> None:
         self.plan = plan
+        self.backend_name = backend
+        self.backend: backends.Backend | None = None
         self.topology, self.state_dir = plan.topology, state_dir
         self.time_scale, self.latency_scale, self.lag = time_scale, latency_scale, lag
         self.edge_port = edge_port
@@ -76,28 +117,49 @@ class Supervisor:
         self.applied: Applied | None = None
         self.started = time.time()
         self.server: uvicorn.Server | None = None
+        #: The control API's secret (state.json, mode 0600) and the inter-region link's (the regions' env only).
+        self.control_secret, self.link_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+        self.stopping = threading.Event()  # a normal stop: children exiting now are not crashes
+        self.lock = threading.RLock()  # region process states: the watcher and the control API
+        self.aws: dict[str, Any] = {"state": "starting"}
+        self.hard_losses: list[dict[str, Any]] = []
+        self.config_path: str | None = None  # the stack file, for commands that act on the running stack
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    def backend_client(self, service: str, region: str) -> Any:
+        from meridian_local.applier import NO_RETRIES
+
+        assert self.backend is not None
+        return self.backend.client(service, region, NO_RETRIES)
+
     # -- bring-up --------------------------------------------------------------------------------------
     def bring_up(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.moto, endpoint = moto_server.start(self.state_dir / "moto.log")
-        self.log(f"embedded AWS (moto server) at {endpoint}")
-        self.applied = apply(self.plan, endpoint)
+        self.backend = backends.start(self.backend_name, self.state_dir)
+        self.moto, endpoint = self.backend.proc, self.backend.endpoint
+        self.log(f"AWS: {self.backend.describe()}")
+        self.applied = apply(self.plan, endpoint, make_client=lambda service, region: self.backend_client(service, region))
+        self.backend.replicas = backends.probe_replicas(self.backend, list(self.topology.regions), prefix=self.topology.stack)
+        self.log(f"replication: {self.backend.replicas.replication} ({self.backend.replicas.detail})")
         created = sum(self.applied.created.values())
         self.log(f"applied the Pulumi program: {created} resources created, {sum(self.applied.skipped.values())} with no local meaning")
         for unsupported in self.applied.unsupported:
             self.log(f"embedded AWS lacks: {unsupported}")
         interval = self.topology.routing.health_check_interval * self.time_scale
+        # A service's peer probe times out after min(2 s, its interval): at small time scales a busy 2-core
+        # machine answers a probe late now and then, and two late answers marked a healthy region down
+        # (503 zone_unavailable). Probes every 2 s at least keep the 2 s timeout; the edge's health checks
+        # (what routes clients) keep the scaled interval.
+        probe = max(interval, 2.0)
         for region, runtime in self.applied.regions.items():
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MERIDIAN_"))}
             env |= runtime.environment
+            env |= self.backend.environment()
             env |= {
-                "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "meridian-local", "AWS_SECRET_ACCESS_KEY": "meridian-local",
-                "MERIDIAN_PEERS": json.dumps({r: f"{self.edge_url}/_link/{region}/{r}" for r in self.topology.regions}),
-                "MERIDIAN_PROBE_INTERVAL": f"{interval:.3f}",
+                "MERIDIAN_PEERS": json.dumps({r: f"{self.edge_url}/_link/{self.link_secret}/{region}/{r}" for r in self.topology.regions}),
+                "MERIDIAN_PROBE_INTERVAL": f"{probe:.3f}",
                 # Replication here is emulated and asynchronous: MRSC cannot be kept truthfully, so strong
                 # tables use one owner region per key in every zone (meridian.strong; docs/consistency.md).
                 "MERIDIAN_MRSC": "0",
@@ -105,9 +167,12 @@ class Supervisor:
             self.regions[region] = RegionProcess(region, moto_server.free_port(), env, self.state_dir / f"service-{region}.log")
             self.regions[region].start()
         self.replicator = Replicator(self.applied, self.topology, lag=self.lag)
-        self.replicator.start()
+        if not self.backend.replicas.shared:  # shared replicas: nothing to carry, the emulator stays off
+            self.replicator.start()
         self.edge = Edge({r: p.url for r, p in self.regions.items()}, dials=self.applied.dials, health=self.applied.health,
                          time_scale=self.time_scale, latency_scale=self.latency_scale, default_client=self.topology.regions[0])
+        self.edge.control_secret, self.edge.link_secret = self.control_secret, self.link_secret
+        self.aws = {"state": "serving", "since": time.time()}
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -117,34 +182,68 @@ class Supervisor:
                 proc = self.regions[region]
                 if proc.proc and proc.proc.poll() is not None:
                     raise RuntimeError(f"{region} service exited at start; see {proc.log}")
-                try:
-                    if httpx.get(proc.url + "/health/ready", timeout=1).status_code == 200:
-                        proc.state = "serving"
-                        pending.discard(region)
-                except httpx.HTTPError:
-                    pass
+                if self._ready(proc, timeout=1.0):
+                    proc.state, proc.serving_since = "serving", time.monotonic()
+                    pending.discard(region)
             time.sleep(0.1)
         if pending:
             raise RuntimeError(f"services not ready after {timeout:.0f} s: {sorted(pending)}")
 
-    def watch(self) -> None:
-        """A child that dies unasked is reported as crashed, never hidden; so is every gap the replication
-        emulator finds in a stream (also in the status: ``replication.gaps`` and ``gap_events``)."""
+    @staticmethod
+    def _ready(proc: RegionProcess, timeout: float = 0.5) -> bool:
+        try:
+            return httpx.get(proc.url + "/health/ready", timeout=timeout).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def watch(self, step: float = 0.25) -> None:
+        """A child that dies unasked is reported as crashed and restarted with backoff, never hidden; so
+        is every gap the replication emulator finds in a stream (``replication.gaps`` and ``gap_events``)."""
         gaps_logged = 0
-        while True:
+        while not self.stopping.wait(step):
             for gap in self.replicator.gaps[gaps_logged:]:
                 self.log(f"replication GAP in {gap.table}@{gap.region} ({gap.kind}): {gap.detail}; resyncing the table from its replicas")
             gaps_logged = len(self.replicator.gaps)
-            for region, proc in self.regions.items():
-                if proc.state == "serving" and proc.proc and proc.proc.poll() is not None:
-                    proc.state = "crashed"
-                    self.log(f"{region} service CRASHED (exit {proc.proc.returncode}); see {proc.log}")
-            if self.moto and self.moto.poll() is not None:
-                self.log("embedded AWS (moto server) CRASHED; stopping")
-                if self.server:
-                    self.server.should_exit = True
+            for region in self.regions:
+                self.supervise(region)
+            if self.backend and self.aws["state"] == "serving" and not self.backend.alive():
+                code = self.backend.proc.poll() if self.backend.proc else None
+                self.aws = {"state": "dead", "since": time.time(), "exit": code,
+                            "detail": "the embedded AWS exited: its data is gone; services answer 503 storage_unavailable; "
+                                      "`meridian down` and `meridian up --local` start afresh"}
+                self.log(f"AWS ({self.backend.describe()}) DIED (exit {code}); the run stays up for inspection, "
+                         "services answer 503 storage_unavailable")
+
+    def supervise(self, region: str) -> None:
+        """One step of one region's supervision: detect a crash, restart after the backoff, see it serve."""
+        proc, now = self.regions[region], time.monotonic()
+        restarted = False
+        with self.lock:
+            if self.stopping.is_set():
                 return
-            time.sleep(0.5)
+            if proc.state in ("serving", "starting") and proc.proc and proc.proc.poll() is not None:
+                proc.last_exit = proc.proc.returncode
+                if proc.serving_since is not None and now - proc.serving_since >= BACKOFF_RESET_AFTER:
+                    proc.backoff = BACKOFF_FIRST
+                proc.state, proc.restart_at, proc.serving_since = "crashed", now + proc.backoff, None
+                proc.crashes.append({"at": time.time(), "exit": proc.last_exit})
+                self.log(f"{region} service CRASHED (exit {proc.last_exit}); restarting in {proc.backoff:.1f} s; see {proc.log}")
+                proc.backoff = min(BACKOFF_MAX, proc.backoff * 2)
+            elif proc.state == "crashed" and proc.restart_at is not None and now >= proc.restart_at:
+                proc.start()
+                proc.restarts += 1
+                restarted = True
+                self.log(f"{region} service restarted (restart {proc.restarts}, pid {proc.proc.pid if proc.proc else '?'})")
+            elif proc.state == "starting" and proc.proc and proc.proc.poll() is None:
+                pass
+            else:
+                return
+        if restarted:
+            self._write_state()
+        elif proc.state == "starting" and self._ready(proc):
+            with self.lock:
+                if proc.state == "starting":
+                    proc.state, proc.serving_since = "serving", time.monotonic()
 
     # -- control API ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -154,35 +253,134 @@ class Supervisor:
             "pid": os.getpid(), "stack": self.topology.stack, "aws_endpoint": self.applied.endpoint, "edge": self.edge_url,
             "started": self.started, "time_scale": self.time_scale, "latency_scale": self.latency_scale,
             "health_check": {"interval": self.edge.interval, "threshold": self.edge.threshold, "path": self.edge.path},
-            "regions": {r: {"url": p.url, "state": p.state, "pid": p.proc.pid if p.proc else None, **{k: edge[r][k] for k in ("dial", "healthy", "since", "requests", "errors")}}
+            "regions": {r: {**p.to_json(), **{k: edge[r][k] for k in ("dial", "healthy", "since", "requests", "errors")}}
                         for r, p in self.regions.items()},
+            "aws": self.aws,
+            "hard_losses": self.hard_losses,
+            "lag": self.lag_stats(),
+            "routing": {"health_check_interval": self.topology.routing.health_check_interval,
+                        "failure_threshold": self.topology.routing.failure_threshold, "dns_ttl": self.topology.routing.dns_ttl,
+                        "global_accelerator": self.topology.routing.global_accelerator},
             "edge_events": self.edge.events[-50:],
             "replication": self.replicator.status(),
             "apply": {"created": self.applied.created, "skipped": self.applied.skipped, "unsupported": self.applied.unsupported},
             "zones": {z.name: list(z.regions) for z in self.topology.zones},
             "tables": self.applied.tables,
+            "backend": self.backend.status() if self.backend else None,
         }
+
+    def lag_stats(self) -> dict[str, dict[str, float | int]]:
+        """Replication lag per region pair over its last deliveries (ms): p50, p99, max and how many."""
+        import numpy as np
+
+        out: dict[str, dict[str, float | int]] = {}
+        for (a, b), stats in sorted(self.replicator.stats.items()):
+            samples = np.array(list(stats.lag_samples)) * 1000
+            if samples.size:
+                out[f"{a}->{b}"] = {"p50": round(float(np.percentile(samples, 50)), 1), "p99": round(float(np.percentile(samples, 99)), 1),
+                                    "max": round(float(samples.max()), 1), "n": int(samples.size), "delivered": stats.delivered}
+        return out
 
     def _region(self, name: str) -> RegionProcess:
         if name not in self.regions:
             raise KeyError(f"{name!r} is not a region of this run: {', '.join(self.regions)}")
         return self.regions[name]
 
-    def fail(self, region: str) -> None:
+    def fail(self, region: str, *, hard: bool = False) -> None:
+        """The region is lost: its service is killed (and stays down: a fault, not a crash) and replication to
+        and from it is held. ``hard``: a disaster that also destroys what the region had not replicated yet —
+        held deliveries from it are dropped now, and its replicas are rebuilt from the survivors at heal."""
         proc = self._region(region)
-        proc.state = "failed"
-        proc.kill()
+        with self.lock:
+            proc.state, proc.restart_at = "failed", None
+            proc.kill()
         self.replicator.failed.add(region)
         self.edge.failed.add(region)
-        self.log(f"{region} FAILED (service killed; replication to and from it held)")
+        if hard:
+            dropped, oldest = self._drop_deliveries_from(region)
+            self.hard_losses.append({"region": region, "at": time.time(), "healed_at": None,
+                                     "unreplicated_deliveries_at_failure": dropped,
+                                     "oldest_unreplicated_age_seconds": oldest, "destroyed": []})
+            self.log(f"{region} HARD LOSS (service killed; {dropped} deliveries from it not yet replicated are destroyed)")
+        else:
+            self.log(f"{region} FAILED (service killed; replication to and from it held)")
+
+    def _drop_deliveries_from(self, region: str) -> tuple[int, float | None]:
+        """Forget every queued delivery from ``region``: what a destroyed region had not replicated is gone."""
+        now = time.monotonic()
+        with self.replicator._lock:  # noqa: SLF001 - the emulator's own queue, in this process
+            gone = [d for d in self.replicator.queue if d.source == region and not d.resync]
+            self.replicator.queue = type(self.replicator.queue)(d for d in self.replicator.queue if d.source != region or d.resync)
+        oldest = max((now - d.detected for d in gone), default=None)
+        return len(gone), oldest
+
+    def _rebuild_from_survivors(self, region: str, loss: dict[str, Any]) -> None:
+        """A hard-lost region comes back as AWS re-creates a replica: each of its replicas holds what the
+        surviving replicas hold. Items only it held, or held in a newer version, are destroyed (recorded)."""
+        from meridian.hlc import Version
+        from meridian.store import from_item, to_item
+
+        time.sleep(self.replicator.max_poll + 0.2)  # the victim's streams are read to their end
+        self._drop_deliveries_from(region)
+        destroyed: list[dict[str, Any]] = []
+        for table, replicas in self.applied.tables.items() if self.applied else ():
+            survivors = [r for r in replicas if r != region]
+            if region not in replicas or not survivors:
+                continue
+            key_names = [k for k in self.applied.keys[table] if k] if self.applied else []
+
+            def scan(where: str, table: str = table, key_names: list[str] = key_names) -> dict[str, dict[str, Any]]:
+                client, out, kwargs = self.backend_client("dynamodb", where), {}, {"TableName": table, "ConsistentRead": True}
+                while True:
+                    resp = client.scan(**kwargs)
+                    for raw in resp.get("Items", []):
+                        item = from_item(raw)
+                        out[json.dumps([item.get(k) for k in key_names], default=str)] = item
+                    if "LastEvaluatedKey" not in resp:
+                        return out
+                    kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+            mine = scan(region)
+            theirs: dict[str, dict[str, Any]] = {}
+            for survivor in survivors:
+                for key, item in scan(survivor).items():
+                    have = theirs.get(key)
+                    if have is None or ("version" in item and "version" in have and Version.decode(str(item["version"])) > Version.decode(str(have["version"]))):
+                        theirs[key] = item
+            client = self.backend_client("dynamodb", region)
+            for key, item in mine.items():
+                survivor_item = theirs.get(key)
+                if survivor_item is not None and survivor_item.get("version") == item.get("version"):
+                    continue
+                if survivor_item is not None and "version" in item and "version" in survivor_item \
+                        and Version.decode(str(survivor_item["version"])) > Version.decode(str(item["version"])):
+                    continue  # the survivors are ahead: replication brings it
+                keys = {k: item[k] for k in key_names}
+                destroyed.append({"table": table, "key": keys, "version": item.get("version"),
+                                  "survivor_version": survivor_item.get("version") if survivor_item else None,
+                                  "value": item.get("value"), "survivor_value": survivor_item.get("value") if survivor_item else None})
+                if survivor_item is None:
+                    client.delete_item(TableName=table, Key=to_item(keys))
+                else:
+                    client.put_item(TableName=table, Item=to_item(survivor_item))
+        time.sleep(self.replicator.max_poll + 0.2)  # the rebuild's own stream records, read and dropped
+        self._drop_deliveries_from(region)
+        loss["destroyed"] = destroyed[:5000]
+        loss["destroyed_count"] = len(destroyed)
+        self.log(f"{region} rebuilt from its surviving replicas: {len(destroyed)} items it alone held destroyed")
 
     def heal(self, region: str | None) -> None:
         targets = [region] if region else list(self.regions)
         for name in targets:
             proc = self._region(name)
-            if proc.state in ("failed", "crashed"):
-                proc.start()
-                proc.state = "serving"
+            loss = next((h for h in reversed(self.hard_losses) if h["region"] == name and h["healed_at"] is None), None)
+            if loss is not None:
+                self._rebuild_from_survivors(name, loss)
+                loss["healed_at"] = time.time()
+            with self.lock:
+                if proc.state in ("failed", "crashed"):
+                    proc.start()
+                    proc.state, proc.restart_at = "starting", None
             self.replicator.failed.discard(name)
             self.edge.failed.discard(name)
         if region is None:
@@ -191,6 +389,7 @@ class Supervisor:
         else:
             self.replicator.partitions = {p for p in self.replicator.partitions if region not in p}
             self.edge.partitions = {p for p in self.edge.partitions if region not in p}
+        self._write_state()
         self.log(f"healed {region or 'everything'}")
 
     def partition(self, a: str, b: str) -> None:
@@ -207,9 +406,15 @@ class Supervisor:
 
         def guarded(fn: Any) -> Any:
             async def handler(request: Request) -> JSONResponse:
-                body = await request.json() if (await request.body()) else {}
                 try:
-                    result = fn(request, body)
+                    body = json.loads(await request.body() or b"{}")
+                    if not isinstance(body, dict):
+                        raise ValueError("a JSON object")
+                except ValueError as exc:
+                    return JSONResponse({"error": "bad_request", "message": f"send a JSON object ({exc})"}, status_code=400)
+                try:
+                    # Off the event loop: a fault or a rebuild must not stall the edge's traffic.
+                    result = await asyncio.to_thread(fn, request, body)
                 except KeyError as exc:
                     return JSONResponse({"error": "bad_request", "message": str(exc.args[0])}, status_code=400)
                 return JSONResponse(result or {"ok": True})
@@ -230,7 +435,7 @@ class Supervisor:
 
         return [
             Route("/_meridian/status", status, methods=["GET"]),
-            Route("/_meridian/fail/{region}", guarded(lambda r, b: self.fail(r.path_params["region"])), methods=["POST"]),
+            Route("/_meridian/fail/{region}", guarded(lambda r, b: self.fail(r.path_params["region"], hard=b.get("hard") is True)), methods=["POST"]),
             Route("/_meridian/heal", guarded(lambda r, b: self.heal(b.get("region"))), methods=["POST"]),
             Route("/_meridian/partition", guarded(lambda r, b: self.partition(str(b.get("a")), str(b.get("b")))), methods=["POST"]),
             Route("/_meridian/dial/{region}", guarded(dial), methods=["POST"]),
@@ -254,24 +459,33 @@ class Supervisor:
     def _write_state_when_up(self) -> None:
         while self.server and not self.server.started:
             time.sleep(0.05)
-        state = {**{k: v for k, v in self.status().items() if k in ("pid", "stack", "aws_endpoint", "edge")},
-                 "regions": {r: {"url": p.url, "pid": p.proc.pid if p.proc else None} for r, p in self.regions.items()},
-                 "moto_pid": self.moto.pid if self.moto else None}
-        state_file(self.state_dir).write_text(json.dumps(state, indent=2))
+        self._write_state()
         self.log(f"ready: edge {self.edge_url}")
 
+    def _write_state(self) -> None:
+        """state.json: how clients find the run (edge, secret) and which pids ``meridian down`` waits for."""
+        if self.stopping.is_set() or not (self.server and self.server.started):
+            return
+        with self.lock:
+            state = {**{k: v for k, v in self.status().items() if k in ("pid", "stack", "aws_endpoint", "edge", "backend")},
+                     "regions": {r: {"url": p.url, "pid": p.proc.pid if p.proc else None} for r, p in self.regions.items()},
+                     "moto_pid": self.moto.pid if self.moto else None, "control_secret": self.control_secret,
+                     "time_scale": self.time_scale, "latency_scale": self.latency_scale, "lag": self.lag, "config": self.config_path}
+            write_state(self.state_dir, state)
+
     def tear_down(self) -> None:
+        self.stopping.set()  # from here, a child that exits is being stopped, not crashing
         if hasattr(self, "replicator"):
             self.replicator.stop()
-        for proc in self.regions.values():
-            proc.kill()
-        if self.moto and self.moto.poll() is None:
-            self.moto.terminate()
-            try:
-                self.moto.wait(5)
-            except subprocess.TimeoutExpired:
-                self.moto.kill()
-        state_file(self.state_dir).unlink(missing_ok=True)
+        with self.lock:
+            for proc in self.regions.values():  # SIGTERM to all, then wait for each (SIGKILL after 5 s)
+                if proc.proc and proc.proc.poll() is None:
+                    proc.proc.terminate()
+            for proc in self.regions.values():
+                proc.stop()
+        if self.backend:
+            self.backend.stop()  # only what this run started: a user's LocalStack and its data stay
+        (self.state_dir / "state.json").unlink(missing_ok=True)
         self.log("stopped; no process left")
 
 
@@ -283,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--latency-scale", type=float, default=1.0)
     parser.add_argument("--lag", type=float, default=0.5)
+    parser.add_argument("--backend", choices=backends.BACKENDS, default="moto")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
@@ -296,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"supervisor failed: {exc}", flush=True)
         return 1
     supervisor = Supervisor(plan, Path(args.state), time_scale=args.time_scale,
-                            latency_scale=args.latency_scale, lag=args.lag, edge_port=args.edge_port)
+                            latency_scale=args.latency_scale, lag=args.lag, edge_port=args.edge_port, backend=args.backend)
+    supervisor.config_path = str(Path(args.config).resolve())
     try:
         supervisor.run()
     except KeyboardInterrupt:

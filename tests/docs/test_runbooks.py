@@ -17,8 +17,12 @@ from meridian_cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOKS = sorted((ROOT / "docs" / "runbooks").glob("*.md"))
-REQUIRED = {"evacuate-and-restore.md", "failback.md", "replication-lag.md", "conflict-spike.md", "teardown.md"}
+REQUIRED = {"evacuate-and-restore.md", "failback.md", "replication-lag.md", "conflict-spike.md", "teardown.md",
+            "key-rotation.md", "add-region.md", "gameday-on-aws.md"}
 FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.S)
+YAML_FENCE = re.compile(r"```yaml\n(.*?)```", re.S)
+#: The first line of a runbook's YAML block that edits prod's stack file; its commands run against the edit.
+EDIT_MARK = "# Pulumi.prod.yaml, after the edit"
 #: a backticked physical name of the stack (REGION stands for each region of the stack)
 NAME = re.compile(r"`(meridian-prod(?:-[A-Za-z0-9]+)+)`")
 WIDGET = re.compile(r'widgets? "([^"]+)"')
@@ -46,10 +50,26 @@ def subcommand(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def stack_edit(path: Path) -> dict[str, object] | None:
+    """The ``config:`` a runbook's edit block sets on prod's stack file, or None when it edits nothing."""
+    import textwrap
+
+    import yaml
+
+    for block in YAML_FENCE.findall(path.read_text()):
+        text = textwrap.dedent(block)
+        if text.lstrip().startswith(EDIT_MARK):
+            config = yaml.safe_load(text)["config"]
+            assert isinstance(config, dict)
+            return config
+    return None
+
+
 def safe(argv: list[str]) -> list[str]:
-    """``argv`` with --dry-run when the command has it, else with --help."""
+    """``argv`` with --dry-run when the command has it, else with --help. A ``--local`` command gets --help:
+    no local run is up in the test."""
     options = {o for a in subcommand(argv)._actions for o in a.option_strings}
-    if "--dry-run" in options:
+    if "--dry-run" in options and "--local" not in argv:
         return argv if "--dry-run" in argv else [*argv, "--dry-run"]
     return [*argv, "--help"]
 
@@ -97,8 +117,21 @@ class TestRunbooks:
         assert NAME.search(path.read_text()), path.name
 
     @pytest.mark.parametrize("path", RUNBOOKS, ids=lambda p: p.name)
-    def test_every_meridian_command_runs(self, path: Path, no_aws: None, capsys: pytest.CaptureFixture[str]) -> None:
-        """Each command, as written plus --dry-run (or --help), exits 0 through meridian_cli.main.main."""
+    def test_every_meridian_command_runs(self, path: Path, no_aws: None, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        """Each command, as written plus --dry-run (or --help), exits 0 through meridian_cli.main.main; in a
+        runbook that edits the stack, against prod's stack file with that edit."""
+        edit = stack_edit(path)
+        if edit is not None:
+            import shutil
+
+            import yaml
+
+            stack = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+            stack["config"].update(edit)
+            (tmp_path / "Pulumi.prod.yaml").write_text(yaml.safe_dump(stack))
+            shutil.copy(ROOT / "Pulumi.yaml", tmp_path / "Pulumi.yaml")
+            monkeypatch.chdir(tmp_path)
         for argv in commands(path):
             run = safe(argv)
             try:
@@ -107,7 +140,7 @@ class TestRunbooks:
                 code = exc.code or 0
             out = capsys.readouterr()
             assert code == 0, f"{path.name}: meridian {shlex.join(run)} -> {code}\n{out.out}\n{out.err}"
-            if "--dry-run" in run:
+            if "--dry-run" in run and "--help" not in run:
                 assert "nothing changed" in out.out, out.out
 
     def test_every_name_exists_in_the_prod_plan(self, prod_plan: Plan) -> None:
@@ -145,3 +178,11 @@ class TestExtraction:
         assert safe(["evacuate", "eu-west-1", "--stack", "prod"]) == ["evacuate", "eu-west-1", "--stack", "prod", "--dry-run"]
         assert safe(["evacuations", "--stack", "prod"]) == ["evacuations", "--stack", "prod", "--help"]
         assert safe(["local", "status"]) == ["local", "status", "--help"]
+        assert safe(["keys", "rotate", "--local"]) == ["keys", "rotate", "--local", "--help"]
+        assert safe(["keys", "rotate", "--stack", "prod"]) == ["keys", "rotate", "--stack", "prod", "--dry-run"]
+
+    def test_the_add_region_edit_is_read(self) -> None:
+        """add-region.md's commands run against its edit (eu-west-2 in prod's eu zone), not prod as it is."""
+        edit = stack_edit(ROOT / "docs" / "runbooks" / "add-region.md")
+        assert edit is not None and "eu-west-2" in edit["meridian:regions"]  # type: ignore[operator]
+        assert stack_edit(ROOT / "docs" / "runbooks" / "teardown.md") is None

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from infra.components import lambda_archive
-from infra.components.functions import LAMBDAS
+from infra.components.functions import ARCHIVE_HANDLERS
 from infra.render import Plan
 
-HANDLERS = list(LAMBDAS.values())
+HANDLERS = list(ARCHIVE_HANDLERS)  # the regional functions' and the key rotator's
 
 
 def members(data: bytes) -> list[zipfile.ZipInfo]:

@@ -40,7 +40,8 @@ PER_REGION = {
 
 
 def counts(plan: Plan, region: str) -> Counter[str]:
-    return Counter(r.type for r in plan.in_region(region))
+    """Per region; the key rotator, once per stack in the primary region, is counted in test_key_rotation."""
+    return Counter(r.type for r in plan.in_region(region) if not r.name.startswith("key-rotation"))
 
 
 def one(plan: Plan, type_token: str, **inputs: Any) -> PlannedResource:

@@ -41,6 +41,7 @@ from meridian.geo import nearest
 from meridian.health import HealthView
 from meridian.hlc import ClockDriftError, Timestamp, Version
 from meridian.ids import IdError, parse_id
+from meridian.keys import KeyRing
 from meridian.peers import ORIGIN, SIGNED_HEADERS, NonceCache, PeerAuthError, sign_request, verify_request
 from meridian.routing import Decision, decide
 from meridian.sessions import SessionToken, TokenError, satisfied, sign, verify
@@ -226,6 +227,13 @@ class Service:
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
 
+    def use_keys(self, *, session: KeyRing, peer: KeyRing, users: KeyRing, operator: KeyRing) -> None:
+        """Swap the key rings while running (meridian.keysource re-reads the stack's secret; no redeploy)."""
+        from dataclasses import replace
+
+        self.settings = replace(self.settings, session_key=session, peer_key=peer, user_key=users, operator_key=operator)
+        self.users.ring = users  # the same UserTokens: an OIDC issuer's cached keys are kept
+
     # -- sessions ---------------------------------------------------------------------------------------
     def token(self, header: str | None) -> SessionToken | None:
         if not header:
@@ -371,17 +379,23 @@ class Service:
         return problems
 
     async def probe_peers(self) -> None:
-        """This region's own view of the others, from their /health/ready (interval and threshold)."""
+        """This region's own view of the others, from their /health/ready (interval and threshold).
+
+        The peers are probed at once, each with the forward timeout (2 s), whatever the interval: a probe
+        timeout tied to a scaled-down interval (1 s locally at time scale 0.1) marked healthy regions
+        down on a busy machine. A slow answer is not a dead region; a refused connection is."""
+
+        async def probe(region: str) -> None:
+            try:
+                resp = await self.http.get(self.settings.peer_url(region) + "/health/ready", timeout=self.settings.forward_timeout)
+                self.health.record(region, resp.status_code == 200)
+            except httpx.HTTPError:
+                self.health.record(region, False)
+
         while True:
-            for region in self.topology.regions:
-                if region == self.region:
-                    continue
-                try:
-                    resp = await self.http.get(self.settings.peer_url(region) + "/health/ready", timeout=min(2.0, self.settings.probe_interval))
-                    self.health.record(region, resp.status_code == 200)
-                except httpx.HTTPError:
-                    self.health.record(region, False)
-            await asyncio.sleep(self.settings.probe_interval)
+            started = time.monotonic()
+            await asyncio.gather(*(probe(r) for r in self.topology.regions if r != self.region))
+            await asyncio.sleep(max(0.0, self.settings.probe_interval - (time.monotonic() - started)))
 
 
 class RegionHeader:
@@ -464,9 +478,14 @@ def create_app(service: Service) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(service.probe_peers()) if service.settings.probe_interval > 0 else None
+        from meridian.keysource import start_refresh
+
+        keys = start_refresh(service)  # None unless MERIDIAN_KEYS_SECRET_ARN names the stack's secret
         yield
         if task:
             task.cancel()
+        if keys:
+            keys.cancel()
         await service.http.aclose()
 
     app = FastAPI(title="Meridian regional service", version=__version__, lifespan=lifespan)

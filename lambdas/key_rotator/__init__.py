@@ -1,0 +1,1 @@
+"""Meridian Lambda: key rotator."""
