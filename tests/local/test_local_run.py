@@ -154,6 +154,7 @@ class TestLocalRun:
         try:
             a = run.call("eu-west-1", "PUT", f"/v1/users/{user}", json={"name": "west"})
             b = run.call("eu-central-1", "PUT", f"/v1/users/{user}", json={"name": "central"})
+            assert a.status_code == 200 and b.status_code == 200, (a.text, b.text)
             assert (a.headers["X-Meridian-Region"], b.headers["X-Meridian-Region"]) == ("eu-west-1", "eu-central-1")
             time.sleep(0.5)
             assert run.status()["replication"]["held"] > 0

@@ -368,8 +368,14 @@ class Service:
     def targets_for(self, decision: Decision, zone_regions: list[str]) -> list[str]:
         if decision.region is None:
             raise ApiError(503, "zone_unavailable", f"{decision.reason}; nothing was written")
-        rest = [r for r in nearest(decision.region, zone_regions) if r not in (decision.region, self.region) and self.health.is_healthy(r)]
-        return [decision.region, *rest]
+        rest = [r for r in nearest(decision.region, zone_regions) if r not in (decision.region, self.region)]
+        return [decision.region, *self.healthy_first(rest)]
+
+    def healthy_first(self, regions: list[str]) -> list[str]:
+        """The regions this one believes healthy first, then the others: the view is a hint (a probe can be
+        slow on a busy host), and a region that is really down refuses the connection, which is safe to
+        move on from for any request."""
+        return [r for r in regions if self.health.is_healthy(r)] + [r for r in regions if not self.health.is_healthy(r)]
 
     def ready(self) -> list[str]:
         at, problems = self._ready
@@ -698,11 +704,15 @@ def create_app(service: Service) -> FastAPI:
         token = service.token(x_meridian_session)
         zone_regions = service.zone_regions(payload.residency)
         if not from_peer and region not in zone_regions:
-            candidates = [r for r in nearest(region, zone_regions) if service.health.is_healthy(r)]
-            if not candidates:
-                raise ApiError(503, "zone_unavailable", f"no healthy region in zone {payload.residency!r}; nothing was written")
+            candidates = service.healthy_first(nearest(region, zone_regions))
             # Not idempotent: a forward that may have executed is never sent to a second region.
-            return await service.forward(request, body, candidates, failover=False, idempotent=False)
+            try:
+                return await service.forward(request, body, candidates, failover=False, idempotent=False)
+            except ApiError as exc:
+                if exc.code != "region_unavailable":
+                    raise
+                raise ApiError(503, "zone_unavailable", f"no region of zone {payload.residency!r} answered ({exc.message}); "
+                               "nothing was written", headers=exc.headers) from None
         # A peer's call: the id derives from its signed nonce, so a replay that escapes the nonce cache
         # (another task of this region) collides with the first write instead of creating a second user.
         user_id = service.store.new_user_id(nonce)
