@@ -97,6 +97,27 @@ class GameDay:
         await asyncio.sleep(0.7)  # idle streams are polled at least every 0.5 s
         return await self.wait_for(lambda s: s["replication"]["pending"] == 0, timeout=timeout, step=0.2)
 
+    async def wait_replicated(self, users: list[str], timeout: float = 30.0) -> bool:
+        """Every replica of the zone holds these users (the load goes on: waiting for an empty replication
+        queue could take long under it)."""
+        table = next(t for t in self.status["tables"] if t.endswith(f"-{self.zone}-users"))
+
+        def present() -> bool:
+            for region in self.status["tables"][table]:
+                client = boto3.client("dynamodb", region_name=region, endpoint_url=self.status["aws_endpoint"], config=NO_RETRIES,
+                                      aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local")
+                for user in users:
+                    if "Item" not in client.get_item(TableName=table, Key={"user_id": {"S": user}}, ConsistentRead=True):
+                        return False
+            return True
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(present):
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
     def phase(self, name: str) -> None:
         self.client.phase = name
 
@@ -143,7 +164,7 @@ class GameDay:
             if user:
                 injected.append(user)
         if inject:
-            await self.wait_drained()
+            await self.wait_replicated(injected)
         self.phase(name)
         t0 = time.time()
         self.mark(f"partition {self.victim}|{self.peer}" + (" + conflicts" if inject else ""))

@@ -295,8 +295,14 @@ class History:
                       for region in naming.regions(table)}
             low, high = acked - destroyed, acked + unknown
             bad = {r: t for r, t in totals.items() if not low <= t <= high}
+            by_shard: dict[str, int] = defaultdict(int)  # each region increments its own shard
+            for op in incs:
+                if op.key[0] == name and op.outcome == "ok" and op.region:
+                    by_shard[op.region] += json.loads(op.body).get("by", 1)
+            shards = {region: {str(i.get("shard")): int(i.get("value", 0)) for i in snapshot.get((table, region), []) if i.get("name") == name}
+                      for region in naming.regions(table)}
             out["counters"][name] = {"acknowledged": acked, "unknown": unknown, "destroyed_by_hard_loss": destroyed,
-                                     "totals": totals, "bounds": [low, high]}
+                                     "totals": totals, "bounds": [low, high], "acknowledged_by_shard": dict(by_shard), "shards": shards}
             for region, total in bad.items():
                 out["examples"].append(f"{name}@{region}: {total} outside [{low}, {high}]")
         out["value"] = len(out["examples"])

@@ -124,6 +124,7 @@ class Supervisor:
         self.aws: dict[str, Any] = {"state": "starting"}
         self.hard_losses: list[dict[str, Any]] = []
         self.config_path: str | None = None  # the stack file, for commands that act on the running stack
+        self.services_started, self.probe_interval = time.monotonic(), 0.0
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -148,24 +149,21 @@ class Supervisor:
         for unsupported in self.applied.unsupported:
             self.log(f"embedded AWS lacks: {unsupported}")
         interval = self.topology.routing.health_check_interval * self.time_scale
-        # A service's peer probe times out after min(2 s, its interval): at small time scales a busy 2-core
-        # machine answers a probe late now and then, and two late answers marked a healthy region down
-        # (503 zone_unavailable). Probes every 2 s at least keep the 2 s timeout; the edge's health checks
-        # (what routes clients) keep the scaled interval.
-        probe = max(interval, 2.0)
         for region, runtime in self.applied.regions.items():
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MERIDIAN_"))}
             env |= runtime.environment
             env |= self.backend.environment()
             env |= {
                 "MERIDIAN_PEERS": json.dumps({r: f"{self.edge_url}/_link/{self.link_secret}/{region}/{r}" for r in self.topology.regions}),
-                "MERIDIAN_PROBE_INTERVAL": f"{probe:.3f}",
+                "MERIDIAN_PROBE_INTERVAL": f"{interval:.3f}",
                 # Replication here is emulated and asynchronous: MRSC cannot be kept truthfully, so strong
                 # tables use one owner region per key in every zone (meridian.strong; docs/consistency.md).
                 "MERIDIAN_MRSC": "0",
             }
             self.regions[region] = RegionProcess(region, moto_server.free_port(), env, self.state_dir / f"service-{region}.log")
             self.regions[region].start()
+        self.services_started = time.monotonic()
+        self.probe_interval = interval
         self.replicator = Replicator(self.applied, self.topology, lag=self.lag)
         if not self.backend.replicas.shared:  # shared replicas: nothing to carry, the emulator stays off
             self.replicator.start()
@@ -244,6 +242,7 @@ class Supervisor:
             with self.lock:
                 if proc.state == "starting":
                     proc.state, proc.serving_since = "serving", time.monotonic()
+                    self.log(f"{region} service serving (pid {proc.proc.pid if proc.proc else '?'})")
 
     # -- control API ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -459,6 +458,13 @@ class Supervisor:
     def _write_state_when_up(self) -> None:
         while self.server and not self.server.started:
             time.sleep(0.05)
+        # The services probe each other through the edge's /_link from their start; until the edge serves,
+        # every probe fails. Where that lasted long enough for `threshold` failures (small time scales), a
+        # service believes its peers down (a US client's EU user: 503 zone_unavailable) until `threshold`
+        # probes succeed: the run is declared ready once they have had the time to.
+        threshold = self.topology.routing.failure_threshold
+        if time.monotonic() - self.services_started >= (threshold - 1) * self.probe_interval:
+            time.sleep((threshold + 1) * self.probe_interval)
         self._write_state()
         self.log(f"ready: edge {self.edge_url}")
 
