@@ -402,10 +402,10 @@ def _lambda_zip() -> bytes:
     """The archive the program deploys: exactly the modules the handlers import, byte-for-byte."""
     global _ZIP
     if _ZIP is None:
-        from infra.components.functions import LAMBDAS
+        from infra.components.functions import ARCHIVE_HANDLERS
         from infra.components.lambda_archive import build_zip, package_files
 
-        _ZIP = build_zip(package_files(LAMBDAS.values()))
+        _ZIP = build_zip(package_files(ARCHIVE_HANDLERS))
     return _ZIP
 
 

@@ -1,11 +1,20 @@
-"""The `oversell` scenario: stock N, reservations from every client region at once, a partition and a
-region loss mid-way. What it checks is what strong keys promise; what it reports is what they cost.
+"""The `oversell` scenario: stock N, reservations from every client region at once, and the same new
+email sent from every region at once, across a partition, the loss of a region and the loss of the sku's
+owner region. What it checks is what strong keys promise; what it reports is what they cost.
 
-Checks (against the history of what each client was told and the owner's stored state):
+Checks (against what each client was told and the stored state):
 - acknowledged reservations <= N, and every acknowledged one holds its units in the stock item;
 - final available = N - acknowledged (nothing taken without an answer, nothing given twice);
-- no acknowledged reservation lost after the faults heal.
-Reported: the share of reservation attempts refused with 503 during each fault, per client region.
+- no acknowledged reservation lost after the faults heal;
+- one account per email: at most one creation acknowledged per email, and at most one user stored with it
+  in any replica.
+Reported: the share of attempts refused with 503 (``consistency_unavailable``: the CP choice) in each
+phase, per client region.
+
+Phases: ``before`` (all healthy), ``partition`` (the owner cut from one region), ``region-loss`` (a region
+that is not the owner down; its clients are served by the others), ``owner-loss`` (the owner itself down:
+its keys are unavailable everywhere until it returns — ownership does not move, see docs/consistency.md),
+``after`` (healed).
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ import itertools
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 import httpx
@@ -46,6 +57,10 @@ class OversellResult:
     available: int = -1
     reserved: int = -1
     held: set[str] = field(default_factory=set)  # reservation ids holding units in the stock item
+    #: email -> (phase, client region, status) of each creation attempt with it
+    emails: dict[str, list[tuple[str, str, int | None]]] = field(default_factory=dict)
+    #: email -> ids of the users stored with it, in any replica of its zone
+    accounts: dict[str, set[str]] = field(default_factory=dict)
 
     @property
     def acknowledged(self) -> list[Attempt]:
@@ -63,16 +78,40 @@ class OversellResult:
             out.append(f"available {self.available} is not {self.units} - {len(acked)} acknowledged (+ up to {unknown} unknown)")
         if self.reserved != self.units - self.available:
             out.append(f"reserved {self.reserved} + available {self.available} != {self.units}")
+        for email, tries in self.emails.items():
+            if (created := sum(1 for _, _, status in tries if status == 201)) > 1:
+                out.append(f"{email}: {created} accounts acknowledged")
+            if len(self.accounts.get(email, ())) > 1:
+                out.append(f"{email}: {len(self.accounts[email])} users stored with it")
         return out
 
     def refused_share(self) -> dict[str, dict[str, float]]:
-        """phase -> client region -> share of attempts answered 503."""
-        by: dict[str, Counter[str]] = defaultdict(Counter)
-        refused: dict[str, Counter[str]] = defaultdict(Counter)
-        for a in self.attempts:
-            by[a.phase][a.place] += 1
-            refused[a.phase][a.place] += a.status == 503
-        return {phase: {place: round(refused[phase][place] / n, 3) for place, n in places.items()} for phase, places in by.items()}
+        """phase -> client region -> share of reservation attempts answered 503."""
+        return _shares((a.phase, a.place, a.status) for a in self.attempts)
+
+    def email_refused_share(self) -> dict[str, dict[str, float]]:
+        """phase -> client region -> share of account creations answered 503."""
+        return _shares(t for tries in self.emails.values() for t in tries)
+
+    def summary(self) -> dict[str, Any]:
+        """What the game day's metrics and report carry."""
+        problems = self.problems()
+        statuses = Counter(str(a.status) for a in self.attempts)
+        return {"pass": not problems, "value": len(problems), "unit": "broken strong-key promises", "examples": problems,
+                "units": self.units, "owner": self.owner, "cut": self.cut, "lost": self.lost,
+                "acknowledged": len(self.acknowledged), "available": self.available, "reserved": self.reserved,
+                "answers": dict(statuses), "refused_share": self.refused_share(),
+                "emails": len(self.emails), "email_refused_share": self.email_refused_share(),
+                "accounts_per_email_max": max((len(v) for v in self.accounts.values()), default=0)}
+
+
+def _shares(rows: Iterable[tuple[str, str, int | None]]) -> dict[str, dict[str, float]]:
+    by: dict[str, Counter[str]] = defaultdict(Counter)
+    refused: dict[str, Counter[str]] = defaultdict(Counter)
+    for phase, place, status in rows:
+        by[phase][place] += 1
+        refused[phase][place] += status == 503
+    return {phase: {place: round(refused[phase][place] / n, 3) for place, n in places.items()} for phase, places in by.items()}
 
 
 def operator_token(state_dir: Path, topology: Topology) -> str:
@@ -84,13 +123,16 @@ def operator_token(state_dir: Path, topology: Topology) -> str:
     return KeyRing.parse(str(json.loads(secret)["operator"]), name="operator").signing_key.decode()
 
 
-async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase: int = 8, settle: float = 3.0) -> OversellResult:
-    """Phases: before (all healthy), partition (the sku's owner cut from one region), region-loss (a
-    region that is not the owner down), after (healed). Each phase: ``per_phase`` reservations from
-    every client region at once."""
+async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase: int = 8, settle: float = 3.0,
+              emails_per_phase: int = 2, mark: Callable[[str], None] | None = None) -> OversellResult:
+    """The phases of the module docstring. Each phase: ``per_phase`` reservations from every client region
+    at once, beside ``emails_per_phase`` new emails each sent from every region at once. ``mark`` is told
+    when each fault starts and heals (the game day's timeline)."""
     state = read_state(state_dir) or {}
+    mark = mark or (lambda _label: None)
     sku = f"oversell-{time.time_ns()}"
     regions = list(topology.regions)
+    zone = topology.global_zone.name
     owner = owner_region(sku, topology.global_zone.regions)
     others = [r for r in regions if r != owner]
     result = OversellResult(units=units, owner=owner, cut=others[0], lost=others[-1])
@@ -101,7 +143,7 @@ async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase
         r.raise_for_status()
         users: dict[str, tuple[str, str]] = {}
         for place in regions:
-            r = await http.post("/v1/users", json={"email": f"o{time.time_ns()}@example.com", "name": "O", "residency": topology.global_zone.name},
+            r = await http.post("/v1/users", json={"email": f"o{time.time_ns()}@example.com", "name": "O", "residency": zone},
                                 headers={"X-Meridian-Client-Region": place})
             r.raise_for_status()
             users[place] = (r.json()["user_id"], r.json()["token"])
@@ -116,29 +158,52 @@ async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase
                 return Attempt(place, phase, key, None)
             return Attempt(place, phase, key, r.status_code, r.json().get("reservation_id") if r.status_code == 201 else None)
 
+        async def create(place: str, phase: str, email: str) -> tuple[str, str, int | None]:
+            try:
+                r = await http.post("/v1/users", json={"email": email, "name": "Twin", "residency": zone},
+                                    headers={"X-Meridian-Client-Region": place})
+            except httpx.HTTPError:
+                return phase, place, None
+            return phase, place, r.status_code
+
         async def burst(phase: str) -> None:
-            result.attempts += await asyncio.gather(*(attempt(p, phase) for p in regions for _ in range(per_phase)))
+            # Case and Unicode variants of one address are one account (meridian.strong.normalize_email).
+            emails = [f"twin-{phase}-{i}-{time.time_ns()}@example.com" for i in range(emails_per_phase)]
+            variants = [(place, email.upper() if n % 2 else email) for email in emails for n, place in enumerate(regions)]
+            reservations, creations = await asyncio.gather(
+                asyncio.gather(*(attempt(p, phase) for p in regions for _ in range(per_phase))),
+                asyncio.gather(*(create(place, phase, email) for place, email in variants)))
+            result.attempts += reservations
+            for (_, email), outcome in zip(variants, creations, strict=True):
+                result.emails.setdefault(email.lower(), []).append(outcome)
+
+        async def fault(phase: str, label: str, path: str, body: dict[str, Any], heal: dict[str, Any]) -> None:
+            control(state_dir, "POST", path, body)
+            mark(label)
+            try:
+                await asyncio.sleep(settle)  # the edge and the services' probes notice
+                await burst(phase)
+            finally:
+                control(state_dir, "POST", "heal", heal)
+                mark(f"heal {label}")
+            await asyncio.sleep(settle)
 
         await burst("before")
-        control(state_dir, "POST", "partition", {"a": owner, "b": others[0]})
-        try:
-            await asyncio.sleep(settle)  # the cut side's probes notice
-            await burst("partition")
-        finally:
-            control(state_dir, "POST", "heal", {})
-        victim = others[-1]
-        control(state_dir, "POST", f"fail/{victim}")
-        try:
-            await asyncio.sleep(settle)
-            await burst("region-loss")
-        finally:
-            control(state_dir, "POST", "heal", {"region": victim})
-        await asyncio.sleep(settle)
+        await fault("partition", f"oversell: partition {owner}|{others[0]}", "partition", {"a": owner, "b": others[0]}, {})
+        await fault("region-loss", f"oversell: {others[-1]} lost", f"fail/{others[-1]}", {}, {"region": others[-1]})
+        await fault("owner-loss", f"oversell: owner {owner} lost", f"fail/{owner}", {}, {"region": owner})
         await burst("after")
-    client = boto3.client("dynamodb", region_name=owner, endpoint_url=state["aws_endpoint"],
-                          aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local")
-    item = client.get_item(TableName=topology.table_name("stock", topology.global_zone.name), Key={"sku": {"S": sku}},
-                           ConsistentRead=True)["Item"]
+    aws = {"endpoint_url": state["aws_endpoint"], "aws_access_key_id": "meridian-local", "aws_secret_access_key": "meridian-local"}
+    client = boto3.client("dynamodb", region_name=owner, **aws)
+    item = client.get_item(TableName=topology.table_name("stock", zone), Key={"sku": {"S": sku}}, ConsistentRead=True)["Item"]
     result.available, result.reserved = int(item["available"]["N"]), int(item["reserved"]["N"])
     result.held = set(item.get("active", {}).get("SS", []))
+    wanted = set(result.emails)
+    for region in topology.global_zone.regions:  # every replica: a second account anywhere is a broken promise
+        pages = boto3.client("dynamodb", region_name=region, **aws).get_paginator("scan").paginate(
+            TableName=topology.table_name("users", zone), ProjectionExpression="user_id, email")
+        for page in pages:
+            for user in page["Items"]:
+                if (email := user.get("email", {}).get("S", "").lower()) in wanted:
+                    result.accounts.setdefault(email, set()).add(user["user_id"]["S"])
     return result

@@ -103,3 +103,14 @@ class TestConfig:
     def test_an_interval_shorter_than_two_token_lifetimes_is_refused(self) -> None:
         with pytest.raises(RenderError, match=r"meridian:keyRotationDays is 1; use 0 \(no scheduled rotation\) or 2 to 365"):
             render_values({"regions": ["us-east-1", "eu-west-1"], "keyRotationDays": 1}, stack="rot")
+
+
+def test_the_local_run_deploys_the_same_archive_as_the_program() -> None:
+    """The embedded AWS gets the zip the program ships, key-rotator handler included."""
+    import io
+    import zipfile
+
+    from meridian_local.applier import _lambda_zip
+
+    names = set(zipfile.ZipFile(io.BytesIO(_lambda_zip())).namelist())
+    assert "lambdas/key_rotator/handler.py" in names and "meridian/rotation.py" in names

@@ -1,5 +1,6 @@
-"""The `oversell` scenario on a local run: stock never oversold across a partition and a region loss, and
-the price of that — requests refused while the sku's owner cannot be reached — measured per region."""
+"""The `oversell` scenario on a local run: stock never oversold and one account per email across a
+partition, a region loss and the owner's loss, and the price of that — requests refused while the sku's
+owner cannot be reached — measured per region."""
 
 from __future__ import annotations
 
@@ -41,3 +42,25 @@ def test_never_oversold_and_the_price_is_reported(local: tuple[Path, Path]) -> N
     # clients are served elsewhere by the edge.
     assert refused["partition"][result.cut] > 0.5 and refused["partition"][result.owner] == 0.0, refused
     assert refused["region-loss"][result.owner] == 0.0, refused
+    # The owner lost: its keys are unavailable from everywhere (ownership does not move), never oversold.
+    assert refused["owner-loss"] == {r: 1.0 for r in topology.regions}, refused
+    assert refused["after"] == {r: 0.0 for r in topology.regions}, refused
+    # Every email was tried from every region at once (half of them upper-cased): one account each.
+    assert len(result.emails) == 2 * 5 and all(len(tries) == len(topology.regions) for tries in result.emails.values())
+    healthy = [tries for email, tries in result.emails.items() if "-before-" in email or "-after-" in email]
+    assert all(sorted(s for _, _, s in tries) == [201] + [409] * (len(tries) - 1) for tries in healthy), healthy
+    assert all(len(ids) == 1 for email, ids in result.accounts.items() if "-before-" in email), result.accounts
+    assert result.summary()["pass"]
+
+
+def test_the_checks_fail_on_an_oversold_or_twice_claimed_history() -> None:
+    """Not vacuous: the same checks on a tampered result report the broken promises."""
+    result = oversell.OversellResult(units=2, available=0, reserved=2, held={"r1", "r2"})
+    result.attempts = [oversell.Attempt("a", "before", f"k{i}", 201, f"r{i}") for i in (1, 2, 3)]
+    result.emails = {"x@example.com": [("before", "a", 201), ("before", "b", 201)]}
+    result.accounts = {"x@example.com": {"usr_1", "usr_2"}}
+    problems = result.problems()
+    assert any("oversold: 3 acknowledged for 2 units" in p for p in problems)
+    assert any("hold no units" in p for p in problems)
+    assert any("2 accounts acknowledged" in p for p in problems) and any("2 users stored" in p for p in problems)
+    assert not result.summary()["pass"]
