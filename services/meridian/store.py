@@ -72,7 +72,9 @@ def _plain(value: Any) -> Any:
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | set):
+    if isinstance(value, set | frozenset):  # a DynamoDB set has no order: the same set reads the same everywhere
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
 

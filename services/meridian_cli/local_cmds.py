@@ -286,6 +286,11 @@ def cmd_gameday(args: argparse.Namespace) -> int:
     if "hard-region-loss" in metrics["scenario_results"]:
         out.print(f"  RPO of the hard region loss: {lost.get('lost_unreplicated', 0)} acknowledged writes lost unreplicated; "
                   f"{lost.get('lost_by_bug', 0)} lost by a bug")
+    if (strong := metrics.get("oversell")) is not None:
+        shares = strong["refused_share"]
+        out.print(f"  oversell: {strong['acknowledged']} of {strong['units']} units reserved, {strong['available']} left; "
+                  "refused (503) per fault, worst client region: "
+                  + ", ".join(f"{phase} {max(per.values()):.0%}" for phase, per in shares.items()), highlight=False)
     convergence = metrics["convergence_seconds"]
     out.print(f"  {metrics['requests']} requests, {metrics['requests_per_second']:.0f}/s; converged "
               f"{'never' if convergence is None else f'{convergence:.2f} s'} after the load stopped")
@@ -326,7 +331,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--state-dir", help=argparse.SUPPRESS)
 
     day = sub.add_parser("gameday", help="drive load through the local edge, inject a failure, heal, check")
-    day.add_argument("--scenario", choices=["region-loss", "hard-region-loss", "partition", "conflicts", "all"], default="all")
+    day.add_argument("--scenario", choices=["region-loss", "hard-region-loss", "partition", "conflicts", "oversell", "all"], default="all")
     day.add_argument("--report", default="reports/gameday", metavar="DIR", help="where report.md, metrics.json, timeline.png go")
     day.add_argument("--phase-seconds", type=_positive, default=6.0, help="length of each steady phase")
     day.add_argument("--workers", type=int, default=8, help="concurrent clients")

@@ -16,6 +16,9 @@ Scenarios (each fault on the zone under test: the smallest zone with two regions
 - ``partition``: the zone's two regions cannot reach each other for a while, under load; heals.
 - ``conflicts``: users replicated to both sides, a partition, and each of them written on both sides on
   purpose; heals.
+- ``oversell``: the strong keys (:mod:`meridian_local.oversell`): stock reserved and one email sent from
+  every region at once, across a partition, a region loss and the loss of the sku's owner; checks that
+  nothing is oversold and no email makes two accounts, and reports the share refused (503) per fault.
 
 A game day checks only its own window: its own users, orders, counter, conflicts and stream gaps, so any
 number of game days pass on one run.
@@ -41,10 +44,11 @@ from meridian_local.state import control
 
 __all__ = ["SCENARIOS", "GameDay", "History", "Op", "Sample", "run"]
 
-SCENARIOS = ("region-loss", "hard-region-loss", "partition", "conflicts")
+SCENARIOS = ("region-loss", "hard-region-loss", "partition", "conflicts", "oversell")
 #: what each scenario does to the zone under test, for the report and the timeline
 FAULT_LABELS = {"region-loss": "region loss", "hard-region-loss": "hard region loss", "partition": "partition",
-                "conflicts": "conflicts (partition + writes on both sides)"}
+                "conflicts": "conflicts (partition + writes on both sides)",
+                "oversell": "oversell (strong keys across a partition, a region loss, the owner's loss)"}
 
 
 class GameDay:
@@ -156,6 +160,20 @@ class GameDay:
         self.windows.append({"scenario": name, "fault_at": t0, "heal_at": heal_at, "end": None})
         self.phase("after")
 
+    async def oversell(self) -> None:
+        from meridian.topology import load_stack_file
+        from meridian_local import oversell
+        from meridian_local.state import read_state
+
+        topology = load_stack_file(Path((read_state(self.state_dir) or {})["config"]))
+        self.phase("oversell")
+        t0 = time.time()
+        result = await oversell.run(self.state_dir, topology, units=60, per_phase=6, settle=max(1.0, self.phase_seconds / 2),
+                                    mark=self.mark)
+        self.metrics["oversell"] = result.summary()
+        self.windows.append({"scenario": "oversell", "fault_at": t0, "heal_at": time.time(), "end": None})
+        self.phase("after")
+
     async def partition(self, *, inject: int = 0) -> None:
         name = "conflicts" if inject else "partition"
         injected = []
@@ -199,6 +217,8 @@ class GameDay:
                 await self.partition()
             elif scenario == "conflicts":
                 await self.partition(inject=self.conflict_users)
+            elif scenario == "oversell":
+                await self.oversell()
             await asyncio.sleep(self.phase_seconds / 2)
             self.windows[-1]["end"] = time.time()
         self.load.stop.set()
@@ -211,6 +231,8 @@ class GameDay:
         status = await self.ctl("GET", "status")
         self.progress(f"{time.time() - self.started:5.1f} s  checking every replica ...")
         checks = await asyncio.to_thread(self.check, status)
+        if "oversell" in self.metrics:
+            checks["strong_keys"] = {k: v for k, v in self.metrics["oversell"].items() if k in ("pass", "value", "unit", "examples")}
         self.metrics |= {
             "started": self.started,
             "marks": [(round(at - self.started, 2), label) for at, label in self.marks],

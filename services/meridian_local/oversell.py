@@ -8,7 +8,7 @@ Checks (against what each client was told and the stored state):
 - no acknowledged reservation lost after the faults heal;
 - one account per email: at most one creation acknowledged per email, and at most one user stored with it
   in any replica.
-Reported: the share of attempts refused with 503 (``consistency_unavailable``: the CP choice) in each
+Reported: the share of attempts not served (503 ``consistency_unavailable``: the CP choice) in each
 phase, per client region.
 
 Phases: ``before`` (all healthy), ``partition`` (the owner cut from one region), ``region-loss`` (a region
@@ -86,11 +86,13 @@ class OversellResult:
         return out
 
     def refused_share(self) -> dict[str, dict[str, float]]:
-        """phase -> client region -> share of reservation attempts answered 503."""
+        """phase -> client region -> share of reservation attempts not served: 503 ``consistency_unavailable``
+        (the CP refusal), or any other 5xx or no answer (a lost region's own clients, until the edge fails
+        them over)."""
         return _shares((a.phase, a.place, a.status) for a in self.attempts)
 
     def email_refused_share(self) -> dict[str, dict[str, float]]:
-        """phase -> client region -> share of account creations answered 503."""
+        """phase -> client region -> share of account creations not served (as :meth:`refused_share`)."""
         return _shares(t for tries in self.emails.values() for t in tries)
 
     def summary(self) -> dict[str, Any]:
@@ -101,6 +103,9 @@ class OversellResult:
                 "units": self.units, "owner": self.owner, "cut": self.cut, "lost": self.lost,
                 "acknowledged": len(self.acknowledged), "available": self.available, "reserved": self.reserved,
                 "answers": dict(statuses), "refused_share": self.refused_share(),
+                "answers_by_phase": {phase: {place: dict(Counter(str(a.status) for a in self.attempts if (a.phase, a.place) == (phase, place)))
+                                             for place in dict.fromkeys(a.place for a in self.attempts)}
+                                     for phase in dict.fromkeys(a.phase for a in self.attempts)},
                 "emails": len(self.emails), "email_refused_share": self.email_refused_share(),
                 "accounts_per_email_max": max((len(v) for v in self.accounts.values()), default=0)}
 
@@ -110,7 +115,7 @@ def _shares(rows: Iterable[tuple[str, str, int | None]]) -> dict[str, dict[str, 
     refused: dict[str, Counter[str]] = defaultdict(Counter)
     for phase, place, status in rows:
         by[phase][place] += 1
-        refused[phase][place] += status == 503
+        refused[phase][place] += status is None or status >= 500
     return {phase: {place: round(refused[phase][place] / n, 3) for place, n in places.items()} for phase, places in by.items()}
 
 
@@ -181,12 +186,31 @@ async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase
             control(state_dir, "POST", path, body)
             mark(label)
             try:
-                await asyncio.sleep(settle)  # the edge and the services' probes notice
+                if path.startswith("fail/"):  # the edge's health checks notice first (the failover window is not the CP price)
+                    await edge_sees(path.removeprefix("fail/"), healthy=False)
+                await asyncio.sleep(settle)  # the services' probes notice
                 await burst(phase)
             finally:
                 control(state_dir, "POST", "heal", heal)
                 mark(f"heal {label}")
+            await healed()
             await asyncio.sleep(settle)
+
+        async def edge_sees(region: str, *, healthy: bool, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if (await asyncio.to_thread(control, state_dir, "GET", "status"))["regions"][region].get("healthy") == healthy:
+                    return
+                await asyncio.sleep(0.1)
+
+        async def healed(timeout: float = 60.0) -> None:
+            """Every region's service serving again (a lost region's process restarts at heal) and healthy at the edge."""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                regions = (await asyncio.to_thread(control, state_dir, "GET", "status"))["regions"]
+                if all(r.get("state") == "serving" and r.get("healthy") for r in regions.values()):
+                    return
+                await asyncio.sleep(0.2)
 
         await burst("before")
         await fault("partition", f"oversell: partition {owner}|{others[0]}", "partition", {"a": owner, "b": others[0]}, {})

@@ -72,6 +72,10 @@ $conflicts
 
 $orders
 
+## Strong keys: stock and email claims
+
+$strong
+
 ## Latency (ms, successful requests, per phase)
 
 | client region | phase | p50 | p99 | n |
@@ -234,6 +238,7 @@ def markdown(metrics: dict[str, Any]) -> str:
               f"over {e.get('keys', 0)} Idempotency-Keys; sent twice at once: {pairs}. Every replica: {len(e.get('lost', []))} acknowledged "
               f"orders missing, {len(e.get('duplicated', []))} keys with two orders, {len(e.get('answers_differ', []))} keys answered with "
               f"two ids; {o.get('duplicates_merged_by_replication', 0)} double executions (same key, two regions) merged by replication.")
+    strong = strong_section(metrics.get("oversell"))
     latency_rows = [_row(place, phase, f"{v['p50']:.1f}", f"{v['p99']:.1f}", v["n"])
                     for place, phases in metrics.get("latency_ms", {}).items() for phase, v in phases.items()]
     convergence = metrics.get("convergence_seconds")
@@ -244,9 +249,36 @@ def markdown(metrics: dict[str, Any]) -> str:
         convergence=f"{convergence:.2f} s" if convergence is not None else "never",
         checks="\n".join(check_rows), rto="\n".join(rto_rows) or _row("-", "-", 0, "-", "-"),
         rpo="\n".join(rpo_lines) or "No fault scenario was run.", failover="\n".join(failover_lines) or "No region was failed.",
-        lag="\n".join(lag_rows) or _row("no deliveries", "", "", "", ""), conflicts=conflicts, orders=orders,
+        lag="\n".join(lag_rows) or _row("no deliveries", "", "", "", ""), conflicts=conflicts, orders=orders, strong=strong,
         latency="\n".join(latency_rows) or _row("-", "-", "-", "-", 0),
     )
+
+
+def strong_section(result: dict[str, Any] | None) -> str:
+    """The oversell scenario: what strong keys kept, and the share of requests they refused per fault."""
+    if result is None:
+        return "The `oversell` scenario was not run."
+    phases = list(result["refused_share"])
+    places = sorted({p for per in result["refused_share"].values() for p in per})
+    rows = [_row("reservations", place, *(f"{result['refused_share'][ph].get(place, 0):.0%}" for ph in phases)) for place in places]
+    rows += [_row("account creations", place, *(f"{result['email_refused_share'].get(ph, {}).get(place, 0):.0%}" for ph in phases))
+             for place in places]
+    return "\n".join([
+        f"Stock of {result['units']} units in sku owner region `{result['owner']}`; reservations from every client region at once in "
+        f"each phase: {result['acknowledged']} acknowledged, {result['available']} left, {result['reserved']} reserved "
+        f"(answers: {', '.join(f'{k}: {v}' for k, v in sorted(result['answers'].items()))}). {result['emails']} new emails, each sent "
+        f"from every region at once (case variants): at most {result['accounts_per_email_max']} account per email stored. "
+        f"Faults: partition `{result['owner']}`|`{result['cut']}`, `{result['lost']}` lost, then the owner `{result['owner']}` lost. "
+        + ("Every promise held." if result["pass"] else "BROKEN: " + "; ".join(result["examples"][:3])),
+        "",
+        "The price of the guarantee (the CP choice): share of attempts not served (503 `consistency_unavailable`), per phase and "
+        "client region, measured once the edge has failed a lost region's clients over. While the owner is lost its keys are "
+        "refused everywhere: ownership does not move (docs/consistency.md).",
+        "",
+        _row("attempts", "client region", *phases),
+        _row(*["---"] * (2 + len(phases))),
+        *rows,
+    ])
 
 
 def latency_table(samples: list[Any]) -> dict[str, dict[str, dict[str, float]]]:

@@ -64,3 +64,21 @@ def test_the_checks_fail_on_an_oversold_or_twice_claimed_history() -> None:
     assert any("hold no units" in p for p in problems)
     assert any("2 accounts acknowledged" in p for p in problems) and any("2 users stored" in p for p in problems)
     assert not result.summary()["pass"]
+
+
+def test_the_game_day_runs_it_and_reports_the_price(local: tuple[Path, Path], tmp_path: Path) -> None:
+    """`meridian gameday --scenario oversell`: beside the steady load, with its checks in the verdict and the
+    refused share per fault in report.md."""
+    from meridian_local import gameday
+
+    _, state_dir = local
+    metrics = gameday.run(state_dir, ["oversell"], tmp_path / "report", phase_seconds=2.0, workers=2)
+    assert metrics["passed"], metrics["failures"]
+    assert metrics["checks"]["strong_keys"] == {"pass": True, "value": 0, "unit": "broken strong-key promises", "examples": []}
+    strong = metrics["oversell"]
+    assert strong["refused_share"]["owner-loss"] == {r: 1.0 for r in ("us-east-1", "eu-west-1", "eu-central-1")}, strong["answers_by_phase"]
+    assert 0 < strong["acknowledged"] == strong["units"] - strong["available"]
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Strong keys: stock and email claims" in report and "Every promise held." in report
+    assert "| reservations | eu-central-1 |" in report and "| account creations | us-east-1 |" in report
+    assert "| attempts | client region | before | partition | region-loss | owner-loss | after |" in report
