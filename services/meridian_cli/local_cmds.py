@@ -185,6 +185,19 @@ def _live(state_dir: Path) -> None:
             time.sleep(0.5)
 
 
+def _operator_token(state_dir: Path) -> str | None:
+    """The run's operator credential (stock and other operator actions), read from its embedded Secrets
+    Manager as an operator reads it on AWS; None if the embedded AWS cannot answer."""
+    from meridian.topology import load_stack_file
+    from meridian_local.oversell import operator_token
+    from meridian_local.state import read_state
+
+    try:
+        return operator_token(state_dir, load_stack_file(Path((read_state(state_dir) or {})["config"])))
+    except Exception:  # noqa: BLE001 - a status must print whatever the embedded AWS's state
+        return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from meridian_local.state import NotRunning, control
 
@@ -193,6 +206,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     except NotRunning as exc:
         raise UsageError(str(exc)) from None
     if args.json:
+        status["operator_token"] = _operator_token(_state_dir(args))
         emit(json.dumps(status, indent=2, sort_keys=True))
     else:
         console().print(_status_table(status))

@@ -82,3 +82,21 @@ def test_the_game_day_runs_it_and_reports_the_price(local: tuple[Path, Path], tm
     assert "## Strong keys: stock and email claims" in report and "Every promise held." in report
     assert "| reservations | eu-central-1 |" in report and "| account creations | us-east-1 |" in report
     assert "| attempts | client region | before | partition | region-loss | owner-loss | after |" in report
+
+
+def test_local_status_gives_the_operator_token(local: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`meridian local status --json` shows `operator_token`: it sets stock; a user's token or none cannot."""
+    import json
+
+    import httpx
+
+    from meridian_cli.main import main
+
+    _, state_dir = local
+    assert main(["local", "status", "--json", "--state-dir", str(state_dir)]) == 0
+    status = json.loads(capsys.readouterr().out)
+    token = status["operator_token"]
+    url = f"{status['edge']}/v1/stock/status-sku"
+    assert httpx.put(url, json={"available": 3}, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    assert httpx.put(url, json={"available": 3}, headers={"Authorization": "Bearer not-the-operator"}).status_code in (401, 403)
+    assert httpx.put(url, json={"available": 3}).status_code == 401
