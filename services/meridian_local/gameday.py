@@ -165,11 +165,13 @@ class GameDay:
         from meridian_local import oversell
         from meridian_local.state import read_state
 
-        topology = load_stack_file(Path((read_state(self.state_dir) or {})["config"]))
+        state = read_state(self.state_dir) or {}
+        topology = load_stack_file(Path(state["config"]))
+        shared = bool((state.get("backend") or {}).get("shared"))  # one table behind every replica: nothing to partition
         self.phase("oversell")
         t0 = time.time()
         result = await oversell.run(self.state_dir, topology, units=60, per_phase=6, settle=max(1.0, self.phase_seconds / 2),
-                                    mark=self.mark)
+                                    mark=self.mark, partition=not shared)
         self.metrics["oversell"] = result.summary()
         self.windows.append({"scenario": "oversell", "fault_at": t0, "heal_at": time.time(), "end": None})
         self.phase("after")

@@ -129,10 +129,11 @@ def operator_token(state_dir: Path, topology: Topology) -> str:
 
 
 async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase: int = 8, settle: float = 3.0,
-              emails_per_phase: int = 2, mark: Callable[[str], None] | None = None) -> OversellResult:
+              emails_per_phase: int = 2, mark: Callable[[str], None] | None = None, partition: bool = True) -> OversellResult:
     """The phases of the module docstring. Each phase: ``per_phase`` reservations from every client region
     at once, beside ``emails_per_phase`` new emails each sent from every region at once. ``mark`` is told
-    when each fault starts and heals (the game day's timeline)."""
+    when each fault starts and heals (the game day's timeline). ``partition=False`` leaves the partition
+    phase out (a backend whose replicas share one table: the replicas cannot be cut apart)."""
     state = read_state(state_dir) or {}
     mark = mark or (lambda _label: None)
     sku = f"oversell-{time.time_ns()}"
@@ -213,7 +214,8 @@ async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase
                 await asyncio.sleep(0.2)
 
         await burst("before")
-        await fault("partition", f"oversell: partition {owner}|{others[0]}", "partition", {"a": owner, "b": others[0]}, {})
+        if partition:
+            await fault("partition", f"oversell: partition {owner}|{others[0]}", "partition", {"a": owner, "b": others[0]}, {})
         await fault("region-loss", f"oversell: {others[-1]} lost", f"fail/{others[-1]}", {}, {"region": others[-1]})
         await fault("owner-loss", f"oversell: owner {owner} lost", f"fail/{owner}", {}, {"region": owner})
         await burst("after")

@@ -100,3 +100,13 @@ def test_local_status_gives_the_operator_token(local: tuple[Path, Path], capsys:
     assert httpx.put(url, json={"available": 3}, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert httpx.put(url, json={"available": 3}, headers={"Authorization": "Bearer not-the-operator"}).status_code in (401, 403)
     assert httpx.put(url, json={"available": 3}).status_code == 401
+
+
+def test_without_the_partition_phase_on_shared_replicas(local: tuple[Path, Path]) -> None:
+    """A backend whose replicas share one table (LocalStack) cannot be partitioned: the phase is left out,
+    the rest still checked."""
+    stack, state_dir = local
+    result = asyncio.run(oversell.run(state_dir, load_stack_file(stack), units=10, per_phase=2, settle=1.0, emails_per_phase=1,
+                                      partition=False))
+    assert list(result.refused_share()) == ["before", "region-loss", "owner-loss", "after"]
+    assert result.problems() == []
