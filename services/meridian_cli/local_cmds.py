@@ -303,7 +303,7 @@ def cmd_gameday(args: argparse.Namespace) -> int:
     if (strong := metrics.get("oversell")) is not None:
         shares = strong["refused_share"]
         out.print(f"  oversell: {strong['acknowledged']} of {strong['units']} units reserved, {strong['available']} left; "
-                  "refused (503) per fault, worst client region: "
+                  "not served per fault, worst client region: "
                   + ", ".join(f"{phase} {max(per.values()):.0%}" for phase, per in shares.items()), highlight=False)
     convergence = metrics["convergence_seconds"]
     out.print(f"  {metrics['requests']} requests, {metrics['requests_per_second']:.0f}/s; converged "
