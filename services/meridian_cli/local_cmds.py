@@ -167,8 +167,9 @@ def _status_table(status: dict[str, Any]) -> Any:
         rep_line = f"replication: pending {rep['pending']}, held {rep['held']}, conflicts {rep['conflicts_recorded']}, partitions {rep['partitions'] or 'none'}"
     aws = status.get("aws") or {}
     aws_line = f"backend: {backend.get('name', 'moto')} at {status['aws_endpoint']}"
-    if aws.get("state") == "dead":
-        aws_line += f"\n[red]AWS DEAD[/] since {time.strftime('%H:%M:%S', time.localtime(aws['since']))}: {aws.get('detail')}"
+    if aws.get("state") in ("dead", "unreachable"):
+        aws_line += (f"\n[red]AWS {aws['state'].upper()}[/] since {time.strftime('%H:%M:%S', time.localtime(aws['since']))}: "
+                     f"{aws.get('detail')}")
     table.caption = f"{aws_line}\n{rep_line}" + ("" if backend.get("shared") else f"\nlag p50: {lags}")
     table.caption_justify = "left"
     return table

@@ -86,6 +86,10 @@ class Backend:
     secret_key: str = "meridian-local"
     proc: subprocess.Popen[bytes] | None = None
     replicas: Replicas | None = field(default=None)
+    #: a user's LocalStack is probed at most this often (an AWS call, as at start)
+    probe_every: float = 5.0
+    _probed_at: float = field(default=-1e9, repr=False)
+    _answered: bool = field(default=True, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -107,8 +111,20 @@ class Backend:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
     def alive(self) -> bool:
-        """An owned server that exited is dead; a user's LocalStack is theirs to watch."""
-        return self.proc is None or self.proc.poll() is None
+        """An owned server is alive while its process runs; a user's LocalStack while it answers an AWS call
+        (probed every ``probe_every`` seconds; it may stop and come back: it is theirs)."""
+        if self.proc is not None:
+            return self.proc.poll() is None
+        if self.owned:
+            return True
+        if time.monotonic() - self._probed_at >= self.probe_every:
+            self._probed_at = time.monotonic()
+            try:
+                check_answers(self.endpoint)
+                self._answered = True
+            except BackendError:
+                self._answered = False
+        return self._answered
 
     def stop(self) -> None:
         """Stop what this run started, and nothing else: a user's LocalStack and its data stay."""

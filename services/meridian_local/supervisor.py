@@ -147,7 +147,7 @@ class Supervisor:
         created = sum(self.applied.created.values())
         self.log(f"applied the Pulumi program: {created} resources created, {sum(self.applied.skipped.values())} with no local meaning")
         for unsupported in self.applied.unsupported:
-            self.log(f"embedded AWS lacks: {unsupported}")
+            self.log(f"{self.backend.describe() if self.backend else 'the AWS endpoint'} lacks: {unsupported}")
         interval = self.topology.routing.health_check_interval * self.time_scale
         for region, runtime in self.applied.regions.items():
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MERIDIAN_"))}
@@ -204,13 +204,28 @@ class Supervisor:
             gaps_logged = len(self.replicator.gaps)
             for region in self.regions:
                 self.supervise(region)
-            if self.backend and self.aws["state"] == "serving" and not self.backend.alive():
-                code = self.backend.proc.poll() if self.backend.proc else None
-                self.aws = {"state": "dead", "since": time.time(), "exit": code,
-                            "detail": "the embedded AWS exited: its data is gone; services answer 503 storage_unavailable; "
-                                      "`meridian down` and `meridian up --local` start afresh"}
-                self.log(f"AWS ({self.backend.describe()}) DIED (exit {code}); the run stays up for inspection, "
-                         "services answer 503 storage_unavailable")
+            self.watch_aws()
+
+    def watch_aws(self) -> None:
+        """The embedded moto server exiting is final (its data is gone); a user's LocalStack that stops
+        answering is ``unreachable`` until it answers again."""
+        if self.backend is None or self.aws["state"] not in ("serving", "unreachable"):
+            return
+        alive = self.backend.alive()
+        if self.aws["state"] == "unreachable" and alive:
+            self.aws = {"state": "serving", "since": time.time()}
+            self.log(f"AWS ({self.backend.describe()}) answers again")
+        elif self.aws["state"] == "serving" and not alive and self.backend.proc is None:
+            self.aws = {"state": "unreachable", "since": time.time(),
+                        "detail": f"{self.backend.describe()} does not answer; services answer 503 storage_unavailable until it does"}
+            self.log(f"AWS ({self.backend.describe()}) UNREACHABLE; services answer 503 storage_unavailable until it answers")
+        elif self.aws["state"] == "serving" and not alive:
+            code = self.backend.proc.poll() if self.backend.proc else None
+            self.aws = {"state": "dead", "since": time.time(), "exit": code,
+                        "detail": "the embedded AWS exited: its data is gone; services answer 503 storage_unavailable; "
+                                  "`meridian down` and `meridian up --local` start afresh"}
+            self.log(f"AWS ({self.backend.describe()}) DIED (exit {code}); the run stays up for inspection, "
+                     "services answer 503 storage_unavailable")
 
     def supervise(self, region: str) -> None:
         """One step of one region's supervision: detect a crash, restart after the backoff, see it serve."""

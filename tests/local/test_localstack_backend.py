@@ -98,6 +98,42 @@ class FakeBackend(backends.Backend):
         return self.dynamo.client(region)
 
 
+class TestLiveness:
+    """A user's LocalStack may stop and come back; the run says so instead of hiding it."""
+
+    def test_a_localstack_that_stops_answering_is_unreachable_then_serving_again(self, tmp_path: Path) -> None:
+        from types import SimpleNamespace
+
+        from meridian_local.supervisor import Supervisor
+
+        proc, endpoint = moto_server.start(tmp_path / "moto.log")
+        try:
+            backend = backends.Backend(name="localstack", endpoint=endpoint, owned=False, probe_every=0.0)
+            logs: list[str] = []
+            sup = SimpleNamespace(backend=backend, aws={"state": "serving"}, log=logs.append)
+            Supervisor.watch_aws(sup)  # type: ignore[arg-type]
+            assert sup.aws["state"] == "serving" and logs == []
+        finally:
+            proc.kill()
+            proc.wait(5)
+        Supervisor.watch_aws(sup)  # type: ignore[arg-type]
+        assert sup.aws["state"] == "unreachable" and "does not answer" in sup.aws["detail"], sup.aws
+        assert "UNREACHABLE" in logs[-1]
+        again, backend.endpoint = moto_server.start(tmp_path / "moto2.log")  # it answers again (here: at a new port)
+        try:
+            Supervisor.watch_aws(sup)  # type: ignore[arg-type]
+            assert sup.aws["state"] == "serving" and "answers again" in logs[-1]
+        finally:
+            again.kill()
+            again.wait(5)
+
+    def test_probes_are_rate_limited(self) -> None:
+        backend = backends.Backend(name="localstack", endpoint=f"http://127.0.0.1:{moto_server.free_port()}", owned=False)
+        started = time.monotonic()
+        assert backend.alive() is False
+        assert backend.alive() is False and time.monotonic() - started < 5  # the second answer is the cached one
+
+
 class TestReplicaDetection:
     def test_shared_replicas_are_detected(self) -> None:
         """LocalStack's behaviour: the write in one region is read at once in the other."""
