@@ -31,6 +31,9 @@ class Settings:
     peers: Mapping[str, str] = field(default_factory=dict)  # region -> base URL
     probe_interval: float = 10.0  # seconds between probes of peers' /health/ready (0: no probing)
     forward_timeout: float = 2.0
+    #: REHEARSAL FAULT (MERIDIAN_FAULT_5XX): the share of requests this process answers 500 on purpose, so that
+    #: a bad release can be rehearsed on the local run (`meridian rollout --local --inject-fault`). 0 everywhere else.
+    fault_5xx: float = 0.0
 
     def peer_url(self, region: str) -> str:
         return self.peers[region]
@@ -78,4 +81,15 @@ class Settings:
             peers=peers,
             probe_interval=float(env.get("MERIDIAN_PROBE_INTERVAL", topology.routing.health_check_interval)),
             forward_timeout=float(env.get("MERIDIAN_FORWARD_TIMEOUT", "2.0")),
+            fault_5xx=_share(env.get("MERIDIAN_FAULT_5XX", "0"), "MERIDIAN_FAULT_5XX"),
         )
+
+
+def _share(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise TopologyError(f"{name} is {text!r}; a share of requests from 0 to 1")
+    return value

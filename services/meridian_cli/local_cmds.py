@@ -170,7 +170,10 @@ def _status_table(status: dict[str, Any]) -> Any:
     if aws.get("state") in ("dead", "unreachable"):
         aws_line += (f"\n[red]AWS {aws['state'].upper()}[/] since {time.strftime('%H:%M:%S', time.localtime(aws['since']))}: "
                      f"{aws.get('detail')}")
-    table.caption = f"{aws_line}\n{rep_line}" + ("" if backend.get("shared") else f"\nlag p50: {lags}")
+    releases = {r: str(s.get("release") or "?") for r, s in status["regions"].items()}
+    release_line = (f"release: {next(iter(releases.values()))} in every region" if len(set(releases.values())) == 1
+                    else "releases: " + ", ".join(f"{r} {name}" for r, name in releases.items()))
+    table.caption = f"{aws_line}\n{release_line}\n{rep_line}" + ("" if backend.get("shared") else f"\nlag p50: {lags}")
     table.caption_justify = "left"
     return table
 
@@ -306,6 +309,12 @@ def cmd_gameday(args: argparse.Namespace) -> int:
         out.print(f"  oversell: {strong['acknowledged']} of {strong['units']} units reserved, {strong['available']} left; "
                   "not served per fault, worst client region: "
                   + ", ".join(f"{phase} {max(per.values()):.0%}" for phase, per in shares.items()), highlight=False)
+    if (bad := metrics["scenario_results"].get("bad-release")) is not None:
+        m, a = bad["measured"], bad["all_at_once"]
+        mark = {"PASS": "[green]PASS[/]", "FAIL": "[red]FAIL[/]"}.get(bad["verdict"], "[yellow]INCONCLUSIVE[/]")
+        out.print(f"  {mark} bad-release: {bad['why']}; served by {len(m['regions_served'])} region(s), {m['failed_requests']} requests "
+                  f"failed, rolled back after {m['time_to_rollback_seconds']:.1f} s; all at once: {len(a['regions_served'])} regions, "
+                  f"~{a['failed_requests']} requests failed", highlight=False)
     convergence = metrics["convergence_seconds"]
     out.print(f"  {metrics['requests']} requests, {metrics['requests_per_second']:.0f}/s; converged "
               f"{'never' if convergence is None else f'{convergence:.2f} s'} after the load stopped")
@@ -346,7 +355,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--state-dir", help=argparse.SUPPRESS)
 
     day = sub.add_parser("gameday", help="drive load through the local edge, inject a failure, heal, check")
-    day.add_argument("--scenario", choices=["region-loss", "hard-region-loss", "partition", "conflicts", "oversell", "all"], default="all")
+    day.add_argument("--scenario", choices=["region-loss", "hard-region-loss", "partition", "conflicts", "oversell", "bad-release", "all"],
+                     default="all")
     day.add_argument("--report", default="reports/gameday", metavar="DIR", help="where report.md, metrics.json, timeline.png go")
     day.add_argument("--phase-seconds", type=_positive, default=6.0, help="length of each steady phase")
     day.add_argument("--workers", type=int, default=8, help="concurrent clients")

@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from meridian.releases import (
     DeploymentStatus,
@@ -435,8 +435,14 @@ def _first_line(exc: BaseException) -> str:
 # -- the command ---------------------------------------------------------------------------------------
 def cmd_rollout(args: argparse.Namespace) -> int:
     if args.local:
-        raise UsageError("meridian rollout --local is not yet available locally; use --dry-run to see the waves, or roll out "
-                         "to a real stack")
+        return local_rollout(args)
+    if args.release is not None or args.inject_fault is not None or args.bake_seconds is not None or args.json:
+        raise UsageError("--release, --inject-fault, --bake-seconds and --json belong to `meridian rollout --local`; "
+                         "a stack rollout takes --image")
+    if not (args.stack or args.config):
+        raise UsageError("name the stack: --stack NAME (or --config PATH); or roll out on the local run with --local --release NAME")
+    if args.image is None:
+        raise UsageError("--image REPO@sha256:<64 hex digits> is needed: the release to roll out")
     problem = reference_problem(args.image)
     if problem:
         raise UsageError(f"--image: {problem}")
@@ -449,6 +455,72 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(facts, args.image, args.wave_size)
     return real_rollout(facts, path, args)
+
+
+def parse_fault(text: str) -> float:
+    """``5xx=RATE`` -> RATE (a share of requests, 0-1; ``30%`` is accepted too)."""
+    kind, eq, value = text.partition("=")
+    if kind.strip().lower() != "5xx" or not eq:
+        raise UsageError(f"--inject-fault {text!r}: the fault is 5xx=RATE, e.g. 5xx=0.3 (a share of requests answered 500)")
+    try:
+        rate = float(value.rstrip("%")) / (100 if value.endswith("%") else 1)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 < rate <= 1.0:
+        raise UsageError(f"--inject-fault {text!r}: RATE is a share of requests above 0 and at most 1 (or a percentage)")
+    return rate
+
+
+def local_rollout(args: argparse.Namespace) -> int:
+    """`meridian rollout --local --release NAME`: the release moved over the local run's regions (meridian_local.rollout)."""
+    from meridian.topology import TopologyError, load_stack_file
+    from meridian_local.rollout import LocalRollout, RolloutError, release_problem
+    from meridian_local.state import NotRunning, control, read_state, resolve
+
+    if args.stack or args.config or args.image or args.dry_run or args.yes:
+        raise UsageError("--local rolls out on the running local run: it takes --release NAME, not --stack, --config, --image, "
+                         "--dry-run or --yes")
+    if not args.release:
+        raise UsageError("--local needs --release NAME: the name of the release to roll out")
+    if (problem := release_problem(args.release)) is not None:
+        raise UsageError(f"--release: {problem}")
+    if args.wave_size < 1:
+        raise UsageError(f"--wave-size is {args.wave_size}; a wave holds at least one region")
+    fault = parse_fault(args.inject_fault) if args.inject_fault is not None else 0.0
+    bake: float | None = None
+    if args.bake_seconds is not None:
+        try:
+            bake = float(args.bake_seconds)
+        except ValueError:
+            bake = -1.0
+        if not 0 <= bake <= 24 * 3600:
+            raise UsageError(f"--bake-seconds {args.bake_seconds!r}: a number of seconds, 0 to 86400")
+    state_dir = resolve(Path(args.state_dir) if args.state_dir else None).absolute()
+    state = read_state(state_dir)
+    if state is None:
+        raise UsageError(f"no local run in {state_dir}; start one with `meridian up --local --detach` first")
+    canary, default_bake = "", None
+    try:
+        topology = load_stack_file(Path(state["config"]))
+        canary = topology.release.canary_region
+        default_bake = topology.release.bake_minutes * 60 * float(state.get("time_scale") or 1.0)
+    except (TopologyError, OSError, KeyError, TypeError):
+        pass  # the stack file changed or moved since `up`: the dials choose the canary, the alarm's window is the bake
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    def ctl(method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        return control(state_dir, method, path, body, timeout=60.0)
+
+    try:
+        outcome = LocalRollout(ctl, release=args.release, fault_5xx=fault, bake_seconds=bake, wave_size=args.wave_size,
+                               canary_region=canary, default_bake_seconds=default_bake, say=say).run()
+    except (RolloutError, NotRunning) as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(outcome.to_json(), indent=2))
+    return 0 if outcome.completed else 1
 
 
 def dry_run(facts: StackFacts, image: str, wave_size: int) -> int:
@@ -490,15 +562,29 @@ def real_rollout(facts: StackFacts, path: Path, args: argparse.Namespace) -> int
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("rollout", help="move a release to the stack's regions in waves (canary first), with bake and rollback")
-    group = parser.add_mutually_exclusive_group(required=True)
+
+    def one_line_error(message: str) -> NoReturn:
+        print(f"meridian rollout: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    group = parser.add_mutually_exclusive_group()
     group.add_argument("--stack", metavar="NAME", help="the Pulumi stack (Pulumi.NAME.yaml in this folder)")
     group.add_argument("--config", metavar="PATH", help="the stack file (its stack name is the file's)")
-    parser.add_argument("--image", required=True, metavar="REPO@sha256:DIGEST", help="the release: an image reference by digest")
+    parser.add_argument("--image", metavar="REPO@sha256:DIGEST", help="the release: an image reference by digest")
     parser.add_argument("--wave-size", type=int, default=1, metavar="N", help="regions per wave after the canary (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the waves and the alarms they watch; change nothing, "
                         "need neither the Pulumi CLI nor AWS credentials")
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    parser.add_argument("--local", action="store_true", help="roll out on the local run (not yet available)")
+    parser.add_argument("--local", action="store_true", help="roll out on the running local run (`meridian up --local`): each "
+                        "region's process is replaced by the release, wave by wave, and rolled back when its 5xx-rate alarm's rule fires")
+    parser.add_argument("--release", metavar="NAME", help="--local: the release's name (a named set of service settings)")
+    parser.add_argument("--inject-fault", metavar="5xx=RATE", help="--local: REHEARSAL FAULT, the release answers RATE of its "
+                        "requests 500 (e.g. 5xx=0.3)")
+    parser.add_argument("--bake-seconds", metavar="S", help="--local: bake per wave (default: the stack's bake time scaled by "
+                        "the run's time scale, at least the alarm's window)")
+    parser.add_argument("--json", action="store_true", help="--local: print the outcome as JSON")
+    parser.add_argument("--state-dir", help=argparse.SUPPRESS)
     parser.set_defaults(handler=cmd_rollout)
 
 

@@ -82,6 +82,11 @@ class RegionState:
     changed_at: float = field(default_factory=time.time)
     requests: int = 0
     errors: int = 0
+    #: What the region's load balancer would count: every answer from the region (clients' requests and
+    #: other regions' calls over /_link), and those that were a 5xx (the service's own or the edge's 502):
+    #: the inputs of the region's 5xx-rate alarm, which a local rollout evaluates (meridian_local.rollout).
+    answers: int = 0
+    answers_5xx: int = 0
 
 
 def unauthorized(message: str) -> JSONResponse:
@@ -107,6 +112,9 @@ class Edge:
         self.failed: set[str] = set()
         self.slow: dict[frozenset[str], float] = {}  # link -> seconds added to each answer on it
         self.events: list[dict[str, Any]] = []
+        #: upstream URL -> requests sent there and not answered yet: a release swap waits for 0 before it
+        #: stops the replaced process (no request dropped).
+        self.inflight: dict[str, int] = {}
         self.http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_connections=200, max_keepalive_connections=100))
         self._aio: aiohttp.ClientSession | None = None
 
@@ -162,15 +170,21 @@ class Edge:
         state = self.regions[target]
         state.requests += 1
         await self.delay(client_region, target)
+        url = state.url
+        self.inflight[url] = self.inflight.get(url, 0) + 1
         try:
             session = self._session()
-            async with session.request(request.method, state.url + path, data=body, headers=headers) as resp:
+            async with session.request(request.method, url + path, data=body, headers=headers) as resp:
                 content = await resp.read()
                 status, resp_headers = resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
             state.errors += 1
+            state.answers, state.answers_5xx = state.answers + 1, state.answers_5xx + 1
             return JSONResponse({"error": "edge_upstream", "message": f"{target} did not answer ({type(exc).__name__})"},
                                 status_code=502, headers={"X-Meridian-Edge-Target": target})
+        finally:
+            self.inflight[url] -= 1
+        state.answers, state.answers_5xx = state.answers + 1, state.answers_5xx + (status >= 500)
         out = {k: v for k, v in resp_headers.items() if k.lower() not in HOP_HEADERS}
         out["X-Meridian-Edge-Target"] = target
         return Response(content, status_code=status, headers=out)
@@ -216,8 +230,11 @@ class Edge:
             return too_large(exc)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         path = "/" + rest + (f"?{request.url.query}" if request.url.query else "")
+        state = self.regions[dst]
+        url = state.url
+        self.inflight[url] = self.inflight.get(url, 0) + 1
         try:
-            async with self._session().request(request.method, self.regions[dst].url + path, data=body, headers=headers) as resp:
+            async with self._session().request(request.method, url + path, data=body, headers=headers) as resp:
                 content, status, resp_headers = await resp.read(), resp.status, resp.headers
         except aiohttp.ClientConnectorError as exc:
             return JSONResponse({"error": "link_down", "message": f"{dst}: {type(exc).__name__}"}, status_code=502,
@@ -225,6 +242,10 @@ class Edge:
         except (TimeoutError, aiohttp.ClientError) as exc:
             # Sent, answer lost: the region may have executed it.
             return JSONResponse({"error": "link_broken", "message": f"{dst}: {type(exc).__name__}"}, status_code=502)
+        finally:
+            self.inflight[url] -= 1
+        if not rest.startswith("health/"):  # a region's probes of its peers are health checks, not requests
+            state.answers, state.answers_5xx = state.answers + 1, state.answers_5xx + (status >= 500)
         if (extra := self.slow.get(frozenset((src, dst)), 0.0)) > 0 and path.startswith("/v1/"):
             await asyncio.sleep(extra)  # executed there; the answer is late
         out = {k: v for k, v in resp_headers.items() if k.lower() not in HOP_HEADERS}
@@ -247,7 +268,8 @@ class Edge:
 
     def status(self) -> dict[str, Any]:
         return {
-            r: {"url": s.url, "dial": s.dial, "healthy": s.healthy, "since": s.changed_at, "requests": s.requests, "errors": s.errors}
+            r: {"url": s.url, "dial": s.dial, "healthy": s.healthy, "since": s.changed_at, "requests": s.requests, "errors": s.errors,
+                "answers": s.answers, "answers_5xx": s.answers_5xx, "inflight": self.inflight.get(s.url, 0)}
             for r, s in self.regions.items()
         }
 

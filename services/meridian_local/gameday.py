@@ -19,6 +19,10 @@ Scenarios (each fault on the zone under test: the smallest zone with two regions
 - ``oversell``: the strong keys (:mod:`meridian_local.oversell`): stock reserved and one email sent from
   every region at once, across a partition, a region loss and the loss of the sku's owner; checks that
   nothing is oversold and no email makes two accounts, and reports the share refused (503) per fault.
+- ``bad-release``: a release that fails 30% of its requests (a rehearsal fault) rolled out under the load
+  with ``meridian rollout --local``'s waves and alarm rule (:mod:`meridian_local.rollout`); measures the
+  blast radius (regions that ever served it, requests it failed, time to rollback) beside the same figures
+  for an all-at-once release, computed from this run's rates.
 
 A game day checks only its own window: its own users, orders, counter, conflicts and stream gaps, so any
 number of game days pass on one run.
@@ -44,11 +48,14 @@ from meridian_local.state import control
 
 __all__ = ["SCENARIOS", "GameDay", "History", "Op", "Sample", "run"]
 
-SCENARIOS = ("region-loss", "hard-region-loss", "partition", "conflicts", "oversell")
+SCENARIOS = ("region-loss", "hard-region-loss", "partition", "conflicts", "oversell", "bad-release")
+#: The share of requests the bad release fails (a rehearsal fault, meridian.rehearsal).
+BAD_RELEASE_FAULT = 0.3
 #: what each scenario does to the zone under test, for the report and the timeline
 FAULT_LABELS = {"region-loss": "region loss", "hard-region-loss": "hard region loss", "partition": "partition",
                 "conflicts": "conflicts (partition + writes on both sides)",
-                "oversell": "oversell (strong keys across a partition, a region loss, the owner's loss)"}
+                "oversell": "oversell (strong keys across a partition, a region loss, the owner's loss)",
+                "bad-release": f"bad release (fails {BAD_RELEASE_FAULT:.0%} of requests) rolled out in waves"}
 
 
 class GameDay:
@@ -98,8 +105,10 @@ class GameDay:
         return None
 
     async def wait_drained(self, timeout: float = 60.0) -> float | None:
-        await asyncio.sleep(0.7)  # idle streams are polled at least every 0.5 s
-        return await self.wait_for(lambda s: s["replication"]["pending"] == 0, timeout=timeout, step=0.2)
+        """Seconds until every write made so far is replicated (the replicator's barrier: each stream read
+        to its end, then every delivery applied); None if not within ``timeout``."""
+        result = await asyncio.to_thread(control, self.state_dir, "POST", "drain", {"timeout": timeout}, timeout + 10)
+        return float(result["seconds"]) if result.get("drained") else None
 
     async def wait_replicated(self, users: list[str], timeout: float = 30.0) -> bool:
         """Every replica of the zone holds these users (the load goes on: waiting for an empty replication
@@ -176,6 +185,53 @@ class GameDay:
         self.windows.append({"scenario": "oversell", "fault_at": t0, "heal_at": time.time(), "end": None})
         self.phase("after")
 
+    async def bad_release(self) -> None:
+        """Roll a release failing 30% of its requests out under the load, as `meridian rollout --local` does."""
+        from meridian_local.rollout import LocalRollout
+
+        name = f"bad-release-{time.time_ns()}"
+
+        def ctl(method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+            return control(self.state_dir, method, path, body, timeout=60.0)
+
+        self.phase("bad-release")
+        self.mark(f"roll out {name} (fails {BAD_RELEASE_FAULT:.0%})")
+        rollout = await asyncio.to_thread(LocalRollout, ctl, release=name, fault_5xx=BAD_RELEASE_FAULT,
+                                          say=lambda line: self.progress(f"        {line}"))
+        before = dict(rollout.current)
+        outcome = await asyncio.to_thread(rollout.run)
+        if outcome.completed:  # the rule never fired: put every region back, so that the run stays usable
+            for region, previous in before.items():
+                await asyncio.to_thread(rollout.deploy, region, previous)
+        status = await self.ctl("GET", "status")
+        served = sorted(r for r, s in status["regions"].items() if any(h["release"] == name for h in s["release_history"]))
+        wave = next((w for w in outcome.waves if w.result != "ok"), None)
+        shifted = [t for w in outcome.waves for t in w.shifted_at.values()]
+        start = min(shifted) if shifted else time.time()
+        end = max(wave.restored_at.values()) if wave is not None and wave.restored_at else time.time()
+        for at, label in ((start, f"{', '.join(served) or 'no region'} on {name}"),
+                          *(((wave.tripped_at, "5xx-rate alarm fired"),) if wave is not None and wave.tripped_at else ()),
+                          *(((end, "rolled back"),) if wave is not None else ())):
+            self.marks.append((at, label))
+        result = blast_radius(self.client.samples, served=served, places=self.regions, start=start, end=end, fault=BAD_RELEASE_FAULT)
+        rule = outcome.rules[served[0]] if served else next(iter(outcome.rules.values()))
+        result |= {"release": name, "rollout": outcome.to_json(), "canary": outcome.canary_reason, "alarm": rule.describe(),
+                   "alarm_window_seconds": rule.window_seconds, "detect_seconds": round(wave.tripped_at - start, 2)
+                   if wave is not None and wave.tripped_at else None,
+                   "edge_answers_in_bake": {r: {"answers": a, "answers_5xx": e} for w in outcome.waves for r, (a, e) in w.answers.items()}}
+        others = [r for r in self.regions if r not in served]
+        if not result["measured"]["failed_requests"] and wave is None:
+            result["verdict"], result["why"] = "INCONCLUSIVE", "no request reached the release: the fault never took effect"
+        elif outcome.completed or wave is None:
+            result["verdict"], result["why"] = "FAIL", "the 5xx-rate rule never fired: the bad release reached every region"
+        elif len(served) == 1 and sorted(outcome.never_received) == sorted(others):
+            result["verdict"], result["why"] = "PASS", f"rolled back in {served[0]}; {', '.join(others)} never ran it"
+        else:
+            result["verdict"], result["why"] = "FAIL", f"served by {', '.join(served)} before the rollback"
+        self.metrics["scenario_results"]["bad-release"] = result
+        self.windows.append({"scenario": "bad-release", "fault_at": start, "heal_at": end, "end": None})
+        self.phase("after")
+
     async def partition(self, *, inject: int = 0) -> None:
         name = "conflicts" if inject else "partition"
         injected = []
@@ -221,6 +277,8 @@ class GameDay:
                 await self.partition(inject=self.conflict_users)
             elif scenario == "oversell":
                 await self.oversell()
+            elif scenario == "bad-release":
+                await self.bad_release()
             await asyncio.sleep(self.phase_seconds / 2)
             self.windows[-1]["end"] = time.time()
         self.load.stop.set()
@@ -351,6 +409,37 @@ def rto(samples: list[Sample], windows: list[dict[str, Any]], places: list[str])
     return out
 
 
+def blast_radius(samples: list[Sample], *, served: list[str], places: list[str], start: float, end: float,
+                 fault: float) -> dict[str, Any]:
+    """A bad release's damage, measured, beside an all-at-once release's, computed from the same rates.
+
+    Measured (the client's attempts between the first region's move to the release and the rollback):
+    attempts answered 5xx that entered a region running it (each client region's edge sends it to its own
+    region while healthy) or were executed there, and those a client saw after its retry. All at once:
+    every region would have run it for the same time (the same alarm on the same rate fires after the
+    same window, and the rollback takes as long), so the failures are the failure rate measured where it
+    ran x every region's request rate x that time."""
+    seconds = max(end - start, 1e-9)
+    window = [s for s in samples if start <= s.at <= end]
+    entered = [s for s in window if s.place in served]
+    failed = [s for s in window if s.status >= 500 and (s.place in served or s.executed in served)]
+    seen = [s for s in failed if s.final]
+    rate = sum(s.status >= 500 for s in entered) / len(entered) if entered else 0.0
+    seen_rate = sum(s.status >= 500 and s.final for s in entered) / max(1, sum(s.final for s in entered))
+    all_rate = len(window) / seconds
+    final_rate = sum(s.final for s in window) / seconds
+    return {
+        "fault_share": fault,
+        "measured": {"regions_served": served, "failed_requests": len(failed), "failed_after_retry": len(seen),
+                     "time_to_rollback_seconds": round(seconds, 2), "failure_rate": round(rate, 4),
+                     "requests_in_window": len(window), "requests_into_the_release": len(entered)},
+        "all_at_once": {"regions_served": list(places), "failed_requests": round(rate * all_rate * seconds),
+                        "failed_after_retry": round(seen_rate * final_rate * seconds), "time_to_rollback_seconds": round(seconds, 2),
+                        "every_region_requests_per_second": round(all_rate, 2),
+                        "formula": f"failure rate {rate:.1%} x every region's {all_rate:.1f} requests/s x {seconds:.1f} s"},
+    }
+
+
 def run(state_dir: Path, scenarios: Iterable[str], report_dir: Path, *, progress: Callable[[str], None] | None = None,
         **kw: Any) -> dict[str, Any]:
     from meridian_local import report, timeline
@@ -360,6 +449,9 @@ def run(state_dir: Path, scenarios: Iterable[str], report_dir: Path, *, progress
     checks = metrics["checks"]
     failures = {f"failover of {r['region']}": f"{r['seconds'] if r['seconds'] is not None else 'never'} s, allowed {r['allowed_seconds']:.2f} s"
                 for r in metrics["scenario_results"].values() if "within_target" in r and not r["within_target"]}
+    bad = metrics["scenario_results"].get("bad-release")
+    if bad is not None and bad["verdict"] != "PASS":  # INCONCLUSIVE is no pass either: the run could not show it
+        failures[f"bad release {bad['verdict']}"] = bad["why"]
     metrics["passed"] = all(c["pass"] for c in checks.values()) and not failures
     metrics["failures"] = {**{name: report.reason(name, c) for name, c in checks.items() if not c["pass"]}, **failures}
     metrics["parameters"] = report.parameters(day.status, state_dir)

@@ -76,6 +76,10 @@ $orders
 
 $strong
 
+## Bad release: the blast radius, measured
+
+$bad_release
+
 ## Latency (ms, successful requests, per phase)
 
 | client region | phase | p50 | p99 | n |
@@ -207,6 +211,9 @@ def markdown(metrics: dict[str, Any]) -> str:
                               + (", ".join(f"{k} p50 {v['p50']:.0f} ms / p99 {v['p99']:.0f} ms" for k, v in result.get("lag_at_failure_ms", {}).items())
                                  or "no deliveries yet")
                               + f". Lost by a bug: {lost.get('lost_by_bug', 0)}.")
+        elif scenario == "bad-release":
+            rpo_lines.append(f"- **{scenario}**: RPO 0 (the release's rehearsal fault answers before the request executes; "
+                             "nothing acknowledged is written or lost)")
         elif scenario == "region-loss":
             rpo_lines.append(f"- **{scenario}**: RPO 0 here by construction (the failed region keeps its data and replication resumes "
                              "at heal); a real regional disaster loses what was unreplicated: see hard-region-loss.")
@@ -251,7 +258,36 @@ def markdown(metrics: dict[str, Any]) -> str:
         rpo="\n".join(rpo_lines) or "No fault scenario was run.", failover="\n".join(failover_lines) or "No region was failed.",
         lag="\n".join(lag_rows) or _row("no deliveries", "", "", "", ""), conflicts=conflicts, orders=orders, strong=strong,
         latency="\n".join(latency_rows) or _row("-", "-", "-", "-", 0),
+        bad_release=bad_release_section(metrics.get("scenario_results", {}).get("bad-release")),
     )
+
+
+def bad_release_section(result: dict[str, Any] | None) -> str:
+    """The bad-release scenario: one region at a time against all at once, from the same run's rates."""
+    if result is None:
+        return "The `bad-release` scenario was not run."
+    m, a = result["measured"], result["all_at_once"]
+    waves = "; ".join(f"{', '.join(w['regions'])}: {w['result']}" for w in result["rollout"]["waves"]) or "none"
+    detect = result.get("detect_seconds")
+    return "\n".join([
+        f"**{result['verdict']}**: {result['why']}. Release `{result['release']}` fails {result['fault_share']:.0%} of its requests "
+        f"(a rehearsal fault); rolled out in waves, canary {result['canary']}; each wave watched {result['alarm']} "
+        f"(fires at the earliest after {result['alarm_window_seconds']:g} s here). Waves: {waves}; never received it: "
+        f"{', '.join(result['rollout']['never_received']) or 'none'}."
+        + (f" The alarm fired {detect:.1f} s after the release took traffic." if detect is not None else ""),
+        "",
+        _row("", "regions that ever served it", "requests failed because of it", "failed after the client's retry", "time to rollback"),
+        _row(*["---"] * 5),
+        _row("one region at a time (measured)", f"{len(m['regions_served'])} ({', '.join(m['regions_served']) or 'none'})",
+             m["failed_requests"], m["failed_after_retry"], f"{m['time_to_rollback_seconds']:.1f} s"),
+        _row("all at once (computed)", f"{len(a['regions_served'])} (every region)", a["failed_requests"], a["failed_after_retry"],
+             f"{a['time_to_rollback_seconds']:.1f} s"),
+        "",
+        f"All at once: {a['formula']} (the same alarm on the same rate fires after the same window in every region, and the "
+        f"rollback takes as long). Measured: {m['requests_into_the_release']} of the window's {m['requests_in_window']} requests "
+        f"entered a region running the release ({m['failure_rate']:.1%} of them answered 5xx). Times are the local run's; "
+        "divided by the time scale they are the stack's (the alarm's periods are 60 s on AWS).",
+    ])
 
 
 def strong_section(result: dict[str, Any] | None) -> str:

@@ -47,7 +47,13 @@ from meridian_local import moto_server
 from meridian_local.applier import Applied, apply
 from meridian_local.edge import Edge
 from meridian_local.replicator import Replicator
+from meridian_local.rollout import INITIAL, alarm_rules, release_problem
 from meridian_local.state import write_state
+
+#: Seconds a region's service (and the edge) keep an idle keep-alive connection: as services/Dockerfile, longer
+#: than whoever reuses it keeps it (the edge's pool 30 s, as the ALB's idle timeout; clients' pools 5 s), so a
+#: reused connection is never one the server is closing at that moment (a reset, a 502).
+SERVICE_KEEP_ALIVE = 65
 
 #: Restart backoff of a crashed region service: first wait, cap, and how long it must serve to reset.
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET_AFTER = 0.5, 10.0, 10.0
@@ -76,7 +82,7 @@ class RegionProcess:
         log = open(self.log, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "meridian.api.app:app_from_env", "--host", "127.0.0.1",
-             "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
+             "--port", str(self.port), "--no-access-log", "--log-level", "warning", "--timeout-keep-alive", str(SERVICE_KEEP_ALIVE)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.state = "starting"
@@ -125,6 +131,19 @@ class Supervisor:
         self.hard_losses: list[dict[str, Any]] = []
         self.config_path: str | None = None  # the stack file, for commands that act on the running stack
         self.services_started, self.probe_interval = time.monotonic(), 0.0
+        #: Releases (meridian_local.rollout): name -> the env it adds to the task definition's; each region's
+        #: env without a release's, its current release and every release it ran (never empty).
+        self.releases: dict[str, dict[str, str]] = {INITIAL: {}}
+        self.base_env: dict[str, dict[str, str]] = {}
+        self.release_of: dict[str, str] = {}
+        self.release_history: dict[str, list[dict[str, Any]]] = {}
+        self.release_lock = threading.Lock()  # one release swap at a time
+        try:  # the rule of each region's 5xx-rate alarm, which a local rollout judges a wave by
+            self.release_alarms = {r: rule.to_json() for r, rule in alarm_rules(
+                plan.of_type("aws:cloudwatch/metricAlarm:MetricAlarm"), time_scale=time_scale).items()}
+        except ValueError as exc:
+            self.release_alarms = {}
+            self.log(f"local rollouts unavailable: {exc}")
 
     def log(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -160,6 +179,8 @@ class Supervisor:
                 # tables use one owner region per key in every zone (meridian.strong; docs/consistency.md).
                 "MERIDIAN_MRSC": "0",
             }
+            self.base_env[region], self.release_of[region] = dict(env), INITIAL
+            self.release_history[region] = [{"release": INITIAL, "at": time.time()}]
             self.regions[region] = RegionProcess(region, moto_server.free_port(), env, self.state_dir / f"service-{region}.log")
             self.regions[region].start()
         self.services_started = time.monotonic()
@@ -267,8 +288,12 @@ class Supervisor:
             "pid": os.getpid(), "stack": self.topology.stack, "aws_endpoint": self.applied.endpoint, "edge": self.edge_url,
             "started": self.started, "time_scale": self.time_scale, "latency_scale": self.latency_scale,
             "health_check": {"interval": self.edge.interval, "threshold": self.edge.threshold, "path": self.edge.path},
-            "regions": {r: {**p.to_json(), **{k: edge[r][k] for k in ("dial", "healthy", "since", "requests", "errors")}}
+            "regions": {r: {**p.to_json(), **{k: edge[r][k] for k in ("dial", "healthy", "since", "requests", "errors", "answers",
+                                                                        "answers_5xx", "inflight")},
+                            "release": self.release_of[r], "release_history": self.release_history[r][-20:]}
                         for r, p in self.regions.items()},
+            "releases": {name: {"env": env} for name, env in self.releases.items()},
+            "release_alarms": self.release_alarms,
             "aws": self.aws,
             "hard_losses": self.hard_losses,
             "lag": self.lag_stats(),
@@ -334,7 +359,7 @@ class Supervisor:
         from meridian.hlc import Version
         from meridian.store import from_item, to_item
 
-        time.sleep(self.replicator.max_poll + 0.2)  # the victim's streams are read to their end
+        self.replicator.read_through({region}, timeout=20)  # the victim's streams are read to their end
         self._drop_deliveries_from(region)
         destroyed: list[dict[str, Any]] = []
         for table, replicas in self.applied.tables.items() if self.applied else ():
@@ -377,7 +402,7 @@ class Supervisor:
                     client.delete_item(TableName=table, Key=to_item(keys))
                 else:
                     client.put_item(TableName=table, Item=to_item(survivor_item))
-        time.sleep(self.replicator.max_poll + 0.2)  # the rebuild's own stream records, read and dropped
+        self.replicator.read_through({region}, timeout=20)  # the rebuild's own stream records, read and dropped
         self._drop_deliveries_from(region)
         loss["destroyed"] = destroyed[:5000]
         loss["destroyed_count"] = len(destroyed)
@@ -405,6 +430,53 @@ class Supervisor:
             self.edge.partitions = {p for p in self.edge.partitions if region not in p}
         self._write_state()
         self.log(f"healed {region or 'everything'}")
+
+    def deploy_release(self, region: str, name: Any, env: Any = None) -> dict[str, Any]:
+        """Swap ``region``'s service for release ``name`` without dropping a request: start the new process on
+        a new port, wait until it is ready, point the edge at it, wait until the old one has answered every
+        request the edge sent it, stop it. A failure to start leaves the old process serving."""
+        if (problem := release_problem(name)) is not None:
+            raise KeyError(problem)
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(k, str) and k.startswith("MERIDIAN_") and isinstance(v, str) for k, v in env.items())):
+            raise KeyError("env: an object of MERIDIAN_* names to strings")
+        with self.release_lock:
+            old = self._region(region)
+            if env is None and name not in self.releases:
+                raise KeyError(f"no release {name!r} on this run; define it with env (the settings it adds)")
+            if env is not None and name in self.releases and self.releases[name] != env:
+                raise KeyError(f"release {name!r} exists with other settings {self.releases[name]}; name the new one differently")
+            if old.state != "serving":
+                raise KeyError(f"{region} is {old.state}, not serving: heal it before changing its release")
+            release_env = self.releases.get(name, env or {})
+            started = time.monotonic()
+            new = RegionProcess(region, moto_server.free_port(), {**self.base_env[region], **release_env}, old.log)
+            new.restarts, new.crashes = old.restarts, old.crashes
+            new.start()
+            while not self._ready(new, timeout=1.0):
+                if (new.proc and new.proc.poll() is not None) or time.monotonic() - started > 30:
+                    new.kill()
+                    raise KeyError(f"release {name!r} did not become ready in {region} (see {old.log}); {self.release_of[region]} "
+                                   "keeps serving")
+                time.sleep(0.05)
+            self.releases.setdefault(name, dict(release_env))
+            with self.lock:
+                new.state, new.serving_since = "serving", time.monotonic()
+                self.regions[region] = new
+                self.edge.regions[region].url = new.url
+                shifted_at = time.time()
+                previous, self.release_of[region] = self.release_of[region], name
+                self.release_history[region].append({"release": name, "at": shifted_at})
+            deadline = time.monotonic() + 15
+            while self.edge.inflight.get(old.url, 0) > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            left = self.edge.inflight.get(old.url, 0)
+            old.stop()
+            self._write_state()
+        self.log(f"{region}: release {previous} -> {name} (pid {new.proc.pid if new.proc else '?'}, port {new.port})"
+                 + (f"; {left} requests still open on the old process when it was stopped" if left else ""))
+        return {"region": region, "release": name, "previous": previous, "url": new.url, "shifted_at": shifted_at,
+                "seconds": round(time.monotonic() - started, 3), "undrained": left}
 
     def partition(self, a: str, b: str) -> None:
         self._region(a), self._region(b)
@@ -443,6 +515,12 @@ class Supervisor:
             self.log(f"dial {region} = {value}")
             return {"region": region, "dial": value}
 
+        def drain(_: Request, body: dict[str, Any]) -> dict[str, Any]:
+            timeout = body.get("timeout", 30)
+            if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 300:
+                raise KeyError("timeout must be a number of seconds in (0, 300]")
+            return self.replicator.drain(float(timeout))
+
         def shutdown(_: Request, __: dict[str, Any]) -> None:
             if self.server:
                 self.server.should_exit = True
@@ -453,6 +531,9 @@ class Supervisor:
             Route("/_meridian/heal", guarded(lambda r, b: self.heal(b.get("region"))), methods=["POST"]),
             Route("/_meridian/partition", guarded(lambda r, b: self.partition(str(b.get("a")), str(b.get("b")))), methods=["POST"]),
             Route("/_meridian/dial/{region}", guarded(dial), methods=["POST"]),
+            Route("/_meridian/drain", guarded(drain), methods=["POST"]),
+            Route("/_meridian/release", guarded(lambda r, b: self.deploy_release(str(b.get("region")), b.get("release"), b.get("env"))),
+                  methods=["POST"]),
             Route("/_meridian/shutdown", guarded(shutdown), methods=["POST"]),
         ]
 
@@ -463,7 +544,8 @@ class Supervisor:
             app = self.edge.app(self.routes())
             self.wait_ready()
             threading.Thread(target=self.watch, daemon=True).start()
-            config = uvicorn.Config(app, host="127.0.0.1", port=self.edge_port, log_level="warning", access_log=False, lifespan="on")
+            config = uvicorn.Config(app, host="127.0.0.1", port=self.edge_port, log_level="warning", access_log=False, lifespan="on",
+                                    timeout_keep_alive=SERVICE_KEEP_ALIVE)
             self.server = uvicorn.Server(config)
             threading.Thread(target=self._write_state_when_up, daemon=True).start()
             self.server.run()

@@ -511,7 +511,7 @@ class TestCommand:
         assert re.findall(r"^wave (\d+)", out, re.M) == ["1", "2", "3"]
 
     @pytest.mark.parametrize(("extra", "says"), [
-        (["--local"], "not yet available locally"),
+        (["--local"], "--local rolls out on the running local run"),
         (["--image", f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/meridian-prod/service:latest"], "has no digest"),
         (["--wave-size", "0"], "--wave-size is 0"),
     ])
@@ -527,3 +527,40 @@ class TestCommand:
         assert main(["rollout", "--config", str(ROOT / "Pulumi.dev.yaml"), "--image", PROD_IMAGE, "--yes"]) == 2
         err = capsys.readouterr().err.strip()
         assert "needs the Pulumi CLI" in err and len(err.splitlines()) == 1
+
+
+class TestLocalArguments:
+    """`meridian rollout --local`: every mistake is one line on stderr and exit status 2, before anything runs."""
+
+    @pytest.mark.parametrize(("args", "says"), [
+        (["--local"], "--local needs --release NAME"),
+        (["--local", "--release", "v2", "--image", PROD_IMAGE], "takes --release NAME, not --stack"),
+        (["--local", "--release", "v2", "--stack", "prod"], "takes --release NAME, not --stack"),
+        (["--local", "--release", "no spaces"], "--release: release name"),
+        (["--local", "--release", "v2", "--inject-fault", "5xx=1.5"], "RATE is a share of requests"),
+        (["--local", "--release", "v2", "--inject-fault", "5xx=0"], "RATE is a share of requests"),
+        (["--local", "--release", "v2", "--inject-fault", "latency=0.3"], "the fault is 5xx=RATE"),
+        (["--local", "--release", "v2", "--inject-fault", "5xx=lots"], "RATE is a share of requests"),
+        (["--local", "--release", "v2", "--bake-seconds", "soon"], "--bake-seconds 'soon'"),
+        (["--local", "--release", "v2", "--bake-seconds", "-1"], "--bake-seconds '-1'"),
+        (["--local", "--release", "v2", "--wave-size", "0"], "--wave-size is 0"),
+        (["--local", "--release", "v2", "--wave-size", "two"], "invalid int value"),
+        (["--local", "--release", "v2"], "no local run in"),
+        (["--release", "v2", "--stack", "prod", "--image", PROD_IMAGE], "belong to `meridian rollout --local`"),
+        (["--image", PROD_IMAGE], "name the stack"),
+        (["--stack", "prod"], "--image REPO@sha256"),
+    ])
+    def test_mistakes_are_one_line_exit_2(self, args: list[str], says: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+        try:
+            code = main(["rollout", *args, "--state-dir", str(tmp_path / "none")])
+        except SystemExit as exc:  # argparse's own checks (types), with the command's one-line error
+            code = int(exc.code or 0)
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1, err
+
+    def test_fault_accepts_a_share_or_a_percentage(self) -> None:
+        from meridian_cli.rollout import parse_fault
+
+        assert parse_fault("5xx=0.3") == pytest.approx(0.3) and parse_fault("5XX=30%") == pytest.approx(0.3)
