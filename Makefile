@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/edge.py
+	$(BIN)/python bench/cost_per_request.py
 	$(BIN)/python bench/strong.py
 
 clean:

@@ -24,7 +24,7 @@ from meridian.hlc import HLC, Timestamp, Version
 from meridian.ids import derived_id, new_id, parse_id
 from meridian.topology import Topology
 
-__all__ = ["IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserExists", "UserRecord", "order_id_for", "order_request_hash"]
+__all__ = ["SCHEMA", "IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserExists", "UserRecord", "order_id_for", "order_request_hash"]
 
 #: The DynamoDB API calls this module makes -> the IAM action each needs. The task role
 #: (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these. No TransactWriteItems: a transaction costs
@@ -34,7 +34,13 @@ CALLS = {"DescribeTable": "DescribeTable", "GetItem": "GetItem", "PutItem": "Put
 #: How many of a user's orders a listing reads before sorting them by time.
 MAX_ORDERS_READ = 1000
 
+#: The layout version stamped as ``schema`` on every item this release creates (docs/releases.md): regions
+#: on two releases replicate to each other, so changes are additive and readers accept any version.
+#: Updates set it only where it is absent (``if_not_exists``): an older release never lowers it.
+SCHEMA = 1
+
 _ser, _de = TypeSerializer(), TypeDeserializer()
+_COUNTER_NAMES = {"#v": "value", "#base": "base", "#ver": "version", "#schema": "schema"}
 
 
 class StoreError(RuntimeError):
@@ -109,15 +115,23 @@ class Store:
         self.region = region
         self.clock = clock or HLC()
         self._tables = topology.tables_in_region(region)
+        self._global = topology.global_zone.name
+        #: (zone, logical table) -> physical name, for the pairs resolved here once (the topology is fixed
+        #: for the store's life): a request does not search the topology again. Refusals are never cached.
+        self._resolved: dict[tuple[str, str], str] = {}
 
     # -- residency --------------------------------------------------------------------------------------
     def table(self, zone: str, table: str) -> str:
         """The physical table for ``zone`` here, or ResidencyViolation if this region is outside the zone."""
+        resolved = self._resolved.get((zone, table))
+        if resolved is not None:
+            return resolved
         spec = self.topology.table(table)
-        zone_name = self.topology.global_zone.name if spec.scope == "global" else zone
+        zone_name = self._global if spec.scope == "global" else zone
         names = self._tables.get(zone_name)
         if names is None or table not in names:
             raise ResidencyViolation(f"region {self.region} is outside residency zone {zone_name!r}; it holds no {table} for it")
+        self._resolved[(zone, table)] = names[table]
         return names[table]
 
     def _call(self, op: str, **kwargs: Any) -> Any:
@@ -143,7 +157,7 @@ class Store:
 
     # -- directory ----------------------------------------------------------------------------------------
     def directory_get(self, user_id: str) -> dict[str, Any] | None:
-        table = self.table(self.topology.global_zone.name, "directory")
+        table = self.table(self._global, "directory")
         item = self._call("get_item", TableName=table, Key=to_item({"user_id": user_id})).get("Item")
         return from_item(item) if item else None
 
@@ -158,14 +172,15 @@ class Store:
         hlc, version, _ = self._stamp(None)
         item = {"user_id": user_id, "email": email, "name": name, "zone": zone, "home_region": self.region,
                 "version": version, "base": None, "origin_region": self.region, "failover": failover,
-                "updated_at": int(time.time() * 1000)}
+                "updated_at": int(time.time() * 1000), "schema": SCHEMA}
         try:
             self._call("put_item", TableName=users, Item=to_item(item), ConditionExpression="attribute_not_exists(user_id)")
         except ClientError:
             raise UserExists(f"user {user_id} exists") from None
         # The directory holds pointers only: no profile field leaves the zone.
         self._call("put_item", TableName=directory, Item=to_item(
-            {"user_id": user_id, "home_region": self.region, "zone": zone, "version": version, "origin_region": self.region}))
+            {"user_id": user_id, "home_region": self.region, "zone": zone, "version": version, "origin_region": self.region,
+             "schema": SCHEMA}))
         return UserRecord.from_item(item), hlc
 
     def new_user_id(self, derived_from: str | None = None) -> str:
@@ -184,10 +199,12 @@ class Store:
         (right-hand sides of SET see the item before the update), and it applies only if newer under LWW."""
         fields = {k: v for k, v in changes.items() if v is not None}
         fields.update(origin_region=self.region, failover=failover, updated_at=int(time.time() * 1000))
-        names = {f"#f{i}": k for i, k in enumerate(fields)} | {"#base": "base", "#version": "version", "#id": "user_id"}
+        names = {f"#f{i}": k for i, k in enumerate(fields)} | {"#base": "base", "#version": "version", "#id": "user_id", "#schema": "schema"}
         hlc, version, _ = self._stamp(None)
-        values = {f":f{i}": _ser.serialize(v) for i, v in enumerate(fields.values())} | {":v": _ser.serialize(version)}
-        sets = [f"#f{i} = :f{i}" for i in range(len(fields))] + ["#base = #version", "#version = :v"]
+        values = {f":f{i}": _ser.serialize(v) for i, v in enumerate(fields.values())} | {":v": _ser.serialize(version),
+                                                                                          ":schema": _ser.serialize(SCHEMA)}
+        sets = [f"#f{i} = :f{i}" for i in range(len(fields))] + ["#base = #version", "#version = :v",
+                                                                 "#schema = if_not_exists(#schema, :schema)"]
         return hlc, {
             "TableName": self.table(zone, "users"), "Key": to_item({"user_id": user_id}), "UpdateExpression": "SET " + ", ".join(sets),
             "ConditionExpression": "attribute_exists(#id) AND #version < :v", "ExpressionAttributeNames": names,
@@ -222,7 +239,7 @@ class Store:
         hlc, version, _ = self._stamp(None)
         order = {"user_id": user_id, "order_id": order_id, "item": item, "qty": qty, "idempotency_key": idempotency_key,
                  "request_hash": request_hash, "created_region": self.region, "created_at": int(time.time() * 1000),
-                 "version": version, "origin_region": self.region}
+                 "version": version, "origin_region": self.region, "schema": SCHEMA}
         try:
             self._call("put_item", TableName=orders, Item=to_item(order), ConditionExpression="attribute_not_exists(order_id)",
                        ReturnValuesOnConditionCheckFailure="ALL_OLD")
@@ -259,29 +276,38 @@ class Store:
         return items[:limit]
 
     # -- counters (per-region shards: a G-counter that global tables cannot break) ------------------------
-    def increment(self, name: str, by: int) -> Timestamp:
-        """ADD to this region's shard. The version only moves forward (condition), so replicas apply the
-        shard's updates in order; ``base`` is the version replaced, so each is a successor, not a conflict."""
-        table = self.table(self.topology.global_zone.name, "counters")
-        key = to_item({"name": name, "shard": self.region})
+    def increment(self, name: str, by: int) -> tuple[Timestamp, int]:
+        """ADD to this region's shard: ONE UpdateItem, which answers the shard's new value
+        (``ReturnValues=UPDATED_NEW``); the total over the shards is a read (:meth:`counter`), not part of
+        every increment. Returns (version's HLC, this shard's value after the increment). The version only
+        moves forward (condition), so replicas apply the shard's updates in order; ``base`` is the version
+        replaced, so each is a successor, not a conflict."""
+        table = self.table(self._global, "counters")
+        key = {"name": {"S": name}, "shard": {"S": self.region}}
         for _ in range(5):
             hlc, version, _ = self._stamp(None)
             try:
-                self._call("update_item", TableName=table, Key=key,
-                           UpdateExpression="ADD #v :by SET #base = if_not_exists(#ver, :none), #ver = :ver, origin_region = :r",
-                           ConditionExpression="attribute_not_exists(#ver) OR #ver < :ver",
-                           ExpressionAttributeNames={"#v": "value", "#base": "base", "#ver": "version"},
-                           ExpressionAttributeValues={":by": _ser.serialize(by), ":ver": _ser.serialize(version),
-                                                      ":r": _ser.serialize(self.region), ":none": _ser.serialize("")})
-                return hlc
+                resp = self._call("update_item", TableName=table, Key=key,
+                                  UpdateExpression="ADD #v :by SET #base = if_not_exists(#ver, :none), #ver = :ver, origin_region = :r, "
+                                                   "#schema = if_not_exists(#schema, :schema)",
+                                  ConditionExpression="attribute_not_exists(#ver) OR #ver < :ver",
+                                  ExpressionAttributeNames=_COUNTER_NAMES,
+                                  ExpressionAttributeValues={":by": {"N": str(by)}, ":ver": {"S": version},
+                                                             ":r": {"S": self.region}, ":none": {"S": ""}, ":schema": {"N": str(SCHEMA)}},
+                                  ReturnValues="UPDATED_NEW")
+                return hlc, int(resp["Attributes"]["value"]["N"])
             except ClientError:
-                # A concurrent increment here stamped a later version first: adopt it and try again.
                 current = self._call("get_item", TableName=table, Key=key, ConsistentRead=True).get("Item")
+                if current is not None and current.get("version", {}).get("S") == version:
+                    # This very write landed and the client's own retry of it (a timeout) was refused by the
+                    # condition: it is done. Adding again would count one increment twice.
+                    return hlc, int(current["value"]["N"])
+                # A concurrent increment here stamped a later version first: adopt it and try again.
                 self.observe(str(from_item(current)["version"]) if current else None)
         raise StoreError(f"counter {name} is contended; retry")
 
     def counter(self, name: str) -> dict[str, Any]:
-        table = self.table(self.topology.global_zone.name, "counters")
+        table = self.table(self._global, "counters")
         resp = self._call("query", TableName=table, KeyConditionExpression="#n = :n", ExpressionAttributeNames={"#n": "name"},
                           ExpressionAttributeValues={":n": _ser.serialize(name)}, ConsistentRead=True)
         shards = {str(i["shard"]): int(i.get("value", 0)) for i in map(from_item, resp.get("Items", []))}
@@ -291,7 +317,7 @@ class Store:
     def record_conflict(self, zone: str, record: ConflictRecord) -> bool:
         """Idempotent: the same conflict seen twice is one record. Returns True when newly recorded."""
         try:
-            self._call("put_item", TableName=self.table(zone, "conflicts"), Item=to_item(record.to_item()),
+            self._call("put_item", TableName=self.table(zone, "conflicts"), Item=to_item({**record.to_item(), "schema": SCHEMA}),
                        ConditionExpression="attribute_not_exists(conflict_id)")
             return True
         except ClientError:

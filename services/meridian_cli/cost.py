@@ -44,10 +44,11 @@ __all__ = [
 
 # -- assumptions (each is printed with the estimate) -------------------------------------------------------
 #: CPU time one request costs the service, in milliseconds, at the mix below (75% reads, 10% profile updates,
-#: 10% counter increments, 5% orders) on Fargate x86. Source: the figure the project's issue "Operate it on
-#: AWS" (section "The bill") gives for this request path (FastAPI + uvicorn without access log, HMAC session
-#: tokens, one or two boto3 DynamoDB calls per request); it is an estimate, not a measurement on AWS. Measure
-#: yours as ECS CPUUtilization x task vCPU / ALB RequestCount and pass ``--cpu-ms``.
+#: 10% counter increments, 5% orders), when the measured figures are absent. The command's default is the
+#: measurement: bench/cost_per_request.py's CPU per operation (bench/results/cost_per_request.json, the
+#: file `meridian capacity` reads) weighed by the request mix. This fallback is the figure the project's
+#: issue "Operate it on AWS" gave for the first version of the request path; neither is a measurement on
+#: AWS. Measure yours as ECS CPUUtilization x task vCPU / ALB RequestCount and pass ``--cpu-ms``.
 CPU_MS_PER_REQUEST = 2.1
 #: The autoscaling target of the service (infra/components/service.py: ECSServiceAverageCPUUtilization 60).
 CPU_TARGET = 0.60
@@ -148,6 +149,8 @@ class Load:
     item_kb: float = 1.0
     cpu_ms: float = CPU_MS_PER_REQUEST
     storage_gb: float = DEFAULT_STORAGE_GB
+    #: Where ``cpu_ms`` comes from, printed with the estimate.
+    cpu_ms_source: str = "the first version's estimate (no measured figures); override with --cpu-ms"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.rps) or self.rps < 0:
@@ -530,8 +533,7 @@ def estimate(facts: PlanFacts, load: Load, prices: PriceBook) -> Estimate:
         "item_kb": load.item_kb,
         "storage_gb": load.storage_gb,
         "cpu_ms_per_request": load.cpu_ms,
-        "cpu_ms_source": "issue 'Operate it on AWS' estimate for this request path (not measured on AWS); override with --cpu-ms"
-        if load.cpu_ms == CPU_MS_PER_REQUEST else "--cpu-ms",
+        "cpu_ms_source": load.cpu_ms_source,
         "cpu_target": CPU_TARGET,
         "request_mix": {k: round(v, 4) for k, v in mix.items()},
         "hours_per_month": HOURS_PER_MONTH,
@@ -639,13 +641,35 @@ def _number(flag: str, raw: str | None, default: float | None = None) -> float:
 
 
 def load_from_args(args: argparse.Namespace) -> Load:
-    return Load(
+    load = Load(
         rps=_number("--rps", args.rps),
         write_ratio=_number("--write-ratio", args.write_ratio, 1 - DEFAULT_MIX["read"]),
         item_kb=_number("--item-kb", args.item_kb, 1.0),
         cpu_ms=_number("--cpu-ms", args.cpu_ms, CPU_MS_PER_REQUEST),
         storage_gb=_number("--storage-gb", args.storage_gb, DEFAULT_STORAGE_GB),
+        cpu_ms_source="--cpu-ms",
     )
+    if args.cpu_ms is not None:
+        return load
+    measured = measured_cpu_ms(load.mix)
+    if measured is None:
+        return replace(load, cpu_ms_source=Load.cpu_ms_source)
+    return replace(load, cpu_ms=measured[0], cpu_ms_source=measured[1])
+
+
+def measured_cpu_ms(mix: Mapping[str, float], path: Path | None = None) -> tuple[float, str] | None:
+    """CPU ms per request at ``mix`` from bench/cost_per_request.py's figures (each operation's measured
+    CPU, weighed by its share), and where they come from; None when the figures are absent or lack one of
+    the mix's operations."""
+    from meridian_cli.capacity import FIGURES, load_figures
+
+    try:
+        figures = load_figures(path or FIGURES)
+    except UsageError:
+        return None
+    if not set(mix) <= set(figures.cpu_ms):
+        return None
+    return round(sum(share * figures.cpu_ms[op] for op, share in mix.items()), 3), f"measured: {figures.source}"
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
@@ -729,7 +753,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--rps", metavar="N", help="peak requests per second across all regions (required)")
     parser.add_argument("--write-ratio", metavar="R", help="share of requests that write, 0..1 (default 0.25)")
     parser.add_argument("--item-kb", metavar="K", help="item size in KB (default 1)")
-    parser.add_argument("--cpu-ms", metavar="MS", help=f"CPU milliseconds per request (default {CPU_MS_PER_REQUEST})")
+    parser.add_argument("--cpu-ms", metavar="MS", help="CPU milliseconds per request (default: bench/cost_per_request.py's "
+                        f"measured figures at the request mix, else {CPU_MS_PER_REQUEST})")
     parser.add_argument("--storage-gb", metavar="GB", help=f"data size in GB, split across zones by traffic (default {DEFAULT_STORAGE_GB:g})")
     parser.add_argument("--network-mode", metavar="MODE", help="price the stack with meridian:networkMode ha or lean (default: the stack's)")
     parser.add_argument("--prices", metavar="PATH", help="a price file instead of the packaged prices.json")

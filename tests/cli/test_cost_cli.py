@@ -257,6 +257,34 @@ class TestCommand:
         assert set(data["assumptions"]["network_modes"]) == {"ha", "lean"}
         assert data["assumptions"]["network_modes"]["ha"] == data["total_monthly_usd"]
 
+    def test_cpu_per_request_defaults_to_the_measured_figures(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """No --cpu-ms: bench/cost_per_request.py's CPU per operation, weighed by the request mix (the write
+        ratio moves it), named as measured; --cpu-ms overrides it."""
+        figures = json.loads((ROOT / "bench" / "results" / "cost_per_request.json").read_text())
+        ops = figures["operations"]
+
+        def expected(write_ratio: float) -> float:
+            mix = Load(rps=1, write_ratio=write_ratio).mix
+            return round(sum(share * float(ops[op]["service_cpu_ms"]) for op, share in mix.items()), 3)
+
+        for ratio in ("0.25", "0.6"):
+            assert main(["cost", "--config", str(ROOT / "Pulumi.dev.yaml"), "--rps", "1000", "--write-ratio", ratio, "--json"]) == 0
+            assumptions = json.loads(capsys.readouterr().out)["assumptions"]
+            assert assumptions["cpu_ms_per_request"] == expected(float(ratio)) != CPU_MS_PER_REQUEST
+            assert assumptions["cpu_ms_source"].startswith("measured: cost_per_request.json")
+        assert main(["cost", "--config", str(ROOT / "Pulumi.dev.yaml"), "--rps", "1000", "--cpu-ms", "3", "--json"]) == 0
+        assumptions = json.loads(capsys.readouterr().out)["assumptions"]
+        assert (assumptions["cpu_ms_per_request"], assumptions["cpu_ms_source"]) == (3, "--cpu-ms")
+
+    def test_without_measured_figures_the_estimate_is_used_and_named(self, tmp_path: Path) -> None:
+        from meridian_cli.cost import measured_cpu_ms
+
+        assert measured_cpu_ms(Load(rps=1).mix, tmp_path / "absent.json") is None
+        partial = {"mix": {"read": 1.0}, "operations": {"read": {"service_cpu_ms": 1.0}}}
+        (tmp_path / "partial.json").write_text(json.dumps(partial))
+        assert measured_cpu_ms(Load(rps=1).mix, tmp_path / "partial.json") is None  # lacks update, increment, order
+        assert "estimate" in Load(rps=1).cpu_ms_source
+
     def test_network_mode_override(self, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["cost", "--config", str(ROOT / "Pulumi.dev.yaml"), "--rps", "1000", "--network-mode", "lean", "--json"]) == 0
         data = json.loads(capsys.readouterr().out)

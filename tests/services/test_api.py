@@ -243,9 +243,12 @@ class TestCountersAndHealth:
     def test_counter_shards(self, cluster: Cluster) -> None:
         cluster.call("us-east-1", "POST", "/v1/counters/visits/increment", json={"by": 2})
         r = cluster.call("eu-west-1", "POST", "/v1/counters/visits/increment", json={"by": 3})
-        assert r.json() == {"name": "visits", "value": 3, "shards": {"eu-west-1": 3}}
+        # The increment answers its own shard (one write); the total is the read below.
+        assert r.json() == {"name": "visits", "region": "eu-west-1", "shard_value": 3}
+        assert cluster.call("eu-west-1", "POST", "/v1/counters/visits/increment", json={"by": 4}).json()["shard_value"] == 7
+        assert cluster.call("eu-west-1", "GET", "/v1/counters/visits").json() == {"name": "visits", "value": 7, "shards": {"eu-west-1": 7}}
         cluster.replicate("counters", "global", "us-east-1", "eu-west-1")
-        assert cluster.call("eu-west-1", "GET", "/v1/counters/visits").json()["shards"] == {"us-east-1": 2, "eu-west-1": 3}
+        assert cluster.call("eu-west-1", "GET", "/v1/counters/visits").json()["shards"] == {"us-east-1": 2, "eu-west-1": 7}
 
     def test_health(self, cluster: Cluster) -> None:
         assert cluster.call("eu-west-1", "GET", "/health/live").json()["status"] == "live"
@@ -291,6 +294,30 @@ class TestCounterVersions:
         store.increment("c", 2)
         item = client.get_item(TableName=table, Key=key)["Item"]
         assert item["value"]["N"] == "3" and item["version"]["S"] > ahead and item["base"]["S"] == ahead
+
+    def test_a_retried_increment_that_had_landed_counts_once(self, cluster: Cluster) -> None:
+        """The SDK retries a write whose answer was lost (a read timeout); the retry meets the condition the
+        first attempt's own version set. That increment is done: it must not be added a second time."""
+        from botocore.exceptions import ClientError
+
+        store = cluster.services["eu-west-1"].store
+        real = store.client
+
+        class AnswerLost:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def update_item(self, **kwargs: Any) -> Any:
+                real.update_item(**kwargs)  # applied; then the retry of the same request is refused
+                raise ClientError({"Error": {"Code": "ConditionalCheckFailedException", "Message": "retry"}}, "UpdateItem")
+
+        store.client = AnswerLost()
+        try:
+            _, shard_value = store.increment("once", 5)
+        finally:
+            store.client = real
+        assert shard_value == 5
+        assert store.counter("once")["value"] == 5
 
 
 class TestTaskRoleMatchesCalls:

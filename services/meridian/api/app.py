@@ -19,6 +19,7 @@ invalid fields (422), bodies over 64 KB (413, refused before parsing), storage u
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -66,6 +67,10 @@ HLC_HEADER = "X-Meridian-HLC"
 LINK_HEADER = "X-Meridian-Link"
 NOT_DELIVERED = "not-delivered"
 DIRECTORY_CACHE_SIZE = 100_000
+#: Bearer tokens verified here and still valid -> (user id, expiry): a client sends the same token on many
+#: requests, and verifying a JWT again (three parses, an HMAC) is a tenth of a read's CPU. Bounded; emptied
+#: when the key rings change, so a rotated-out key's tokens are verified (and refused) afresh.
+TOKEN_CACHE_SIZE = 100_000
 #: Largest request body accepted (413 above it, before anything parses it). The edge applies the same.
 MAX_BODY_BYTES = 64 * 1024
 #: Seconds a client is asked to wait after a 503 for unavailable storage.
@@ -199,6 +204,14 @@ class CounterValue(BaseModel):
     shards: dict[str, int]
 
 
+class CounterIncrement(BaseModel):
+    """What an increment's one write answers: the shard it added to, not the total (a read: GET the counter)."""
+
+    name: str
+    region: str = Field(description="the region whose shard took the increment (each region adds only to its own)")
+    shard_value: int = Field(description="that shard's value after the increment; the counter's total is GET /v1/counters/{name}")
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI responses for these error statuses, each with the error envelope."""
     described = {400: "malformed request (JSON, header, token format)", 401: "no or invalid credential",
@@ -206,6 +219,16 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
                  413: "body over 64 KB", 422: "a field is invalid", 503: "unavailable now; retry after Retry-After",
                  504: "the executing region did not answer; the request may have executed"}
     return {code: {"model": ErrorBody, "description": described[code]} for code in codes}
+
+
+def _expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT that has just been verified (None when it has none: then it is not cached)."""
+    try:
+        payload = token.split(".")[1]
+        exp = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("exp")
+    except (IndexError, ValueError, AttributeError):
+        return None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -226,6 +249,7 @@ class Service:
         self.strong = StrongStore(store)
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
+        self._tokens: dict[str, tuple[str, float]] = {}
 
     def use_keys(self, *, session: KeyRing, peer: KeyRing, users: KeyRing, operator: KeyRing) -> None:
         """Swap the key rings while running (meridian.keysource re-reads the stack's secret; no redeploy)."""
@@ -233,6 +257,21 @@ class Service:
 
         self.settings = replace(self.settings, session_key=session, peer_key=peer, user_key=users, operator_key=operator)
         self.users.ring = users  # the same UserTokens: an OIDC issuer's cached keys are kept
+        self._tokens = {}
+
+    def bearer_subject(self, token: str) -> str:
+        """The user a bearer token speaks for (:class:`AuthError` if it cannot be trusted). A token verified
+        here before is answered from the cache until its own ``exp``, never longer."""
+        hit = self._tokens.get(token)
+        if hit is not None and time.time() < hit[1]:
+            return hit[0]
+        subject = self.users.verify(token)
+        expiry = _expiry(token)
+        if expiry is not None:
+            if len(self._tokens) >= TOKEN_CACHE_SIZE:
+                self._tokens.clear()
+            self._tokens[token] = (subject, expiry)
+        return subject
 
     # -- sessions ---------------------------------------------------------------------------------------
     def token(self, header: str | None) -> SessionToken | None:
@@ -517,6 +556,10 @@ def create_app(service: Service) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    if service.settings.fault_5xx > 0:  # a rehearsal of a bad release (meridian.rehearsal); never set on AWS
+        from meridian.rehearsal import RehearsalFault
+
+        app.add_middleware(RehearsalFault, share=service.settings.fault_5xx)
     app.add_middleware(RegionHeader, region=region)  # outermost: stamps the 413s too
 
     @app.exception_handler(ApiError)
@@ -591,7 +634,7 @@ def create_app(service: Service) -> FastAPI:
         passes through (no call to another region: every region holds the key ring)."""
         check_user_id(user_id)
         try:
-            subject = service.users.verify(bearer(request.headers.get("authorization")))
+            subject = service.bearer_subject(bearer(request.headers.get("authorization")))
         except AuthError as exc:
             raise ApiError(401, "unauthorized", str(exc), headers={"WWW-Authenticate": 'Bearer realm="meridian"'}) from None
         if subject != user_id:
@@ -627,7 +670,9 @@ def create_app(service: Service) -> FastAPI:
         zone_regions = service.zone_regions(zone)
         ok = True
         if kind == "read" and region in zone_regions:
-            ok = satisfied(token, here=region, scope=user_id, table=table, local=local_version(zone) if local_version else None)
+            # local_version reads storage: off the event loop, or one read would stall every request of the task.
+            local = await asyncio.to_thread(local_version, zone) if local_version else None
+            ok = satisfied(token, here=region, scope=user_id, table=table, local=local)
         elif kind == "read" and token is not None and token.scope == user_id and (m := token.watermark(table)) and m.region != home:
             ok = False  # read from outside the zone: go where the session wrote this table, not to a stale home
         mark = token.watermark(table) if token is not None and token.scope == user_id else None
@@ -765,7 +810,7 @@ def create_app(service: Service) -> FastAPI:
         zone, _, forwarded = await placement(request, b"", user_id, kind="read", table="users", token=token, local_version=local_version)
         if forwarded is not None:
             return forwarded
-        item = cache["item"] if "item" in cache else service.store.get_user(zone, user_id)
+        item = cache["item"] if "item" in cache else await asyncio.to_thread(service.store.get_user, zone, user_id)
         if item is None:
             raise ApiError(404, "not_found", f"no user {user_id!r}")
         return JSONResponse(public_user(item))
@@ -829,18 +874,20 @@ def create_app(service: Service) -> FastAPI:
         zone, _, forwarded = await placement(request, b"", user_id, kind="read", table="orders", token=token, local_version=local_version)
         if forwarded is not None:
             return forwarded
-        orders = cache["orders"] if "orders" in cache else service.store.list_orders(zone, user_id)
+        orders = cache["orders"] if "orders" in cache else await asyncio.to_thread(service.store.list_orders, zone, user_id)
         return JSONResponse({"orders": [{k: o[k] for k in ORDER_FIELDS} for o in orders]})
 
     # -- counters (every region increments its own shard: no forwarding) ---------------------------------
-    @app.post("/v1/counters/{name}/increment", response_model=CounterValue, responses=errors(400, 401, 413, 422, 503))
+    @app.post("/v1/counters/{name}/increment", response_model=CounterIncrement, responses=errors(400, 401, 413, 422, 503))
     async def increment(name: CounterName, payload: Increment, x_meridian_session: str | None = Header(default=None)) -> Response:
+        """Adds to this region's shard: one write, which answers that shard's new value. The total over
+        every region's shards is a read: ``GET /v1/counters/{name}``."""
         if not 1 <= len(name) <= 128 or _CONTROL.search(name):
             raise ApiError(400, "invalid_counter", "counter names are 1-128 characters, without control characters")
         token = service.token(x_meridian_session)
-        hlc = await asyncio.to_thread(service.store.increment, name, payload.by)
-        value = await asyncio.to_thread(service.store.counter, name)
-        return JSONResponse(value, headers={SESSION_HEADER: service.issue(token, scope=f"counter:{name}", table="counters", hlc=hlc)})
+        hlc, shard_value = await asyncio.to_thread(service.store.increment, name, payload.by)
+        return JSONResponse({"name": name, "region": region, "shard_value": shard_value},
+                            headers={SESSION_HEADER: service.issue(token, scope=f"counter:{name}", table="counters", hlc=hlc)})
 
     @app.get("/v1/counters/{name}", response_model=CounterValue, responses=errors(400, 503))
     async def counter(name: CounterName) -> Response:
@@ -948,12 +995,17 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-def app_from_env() -> FastAPI:
-    """The ASGI app uvicorn runs in each region: ``uvicorn --factory meridian.api.app:app_from_env``."""
+def dynamodb_client(settings: Settings, **kwargs: Any) -> Any:
+    """The service's DynamoDB client (bench/cost_per_request.py builds the same one to count its calls)."""
     import boto3
     from botocore.config import Config
 
+    return boto3.client("dynamodb", region_name=settings.region,
+                        config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5), **kwargs)
+
+
+def app_from_env() -> FastAPI:
+    """The ASGI app uvicorn runs in each region: ``uvicorn --factory meridian.api.app:app_from_env``."""
     settings = Settings.from_env()
-    client = boto3.client("dynamodb", region_name=settings.region,
-                          config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5))
+    client = dynamodb_client(settings)
     return create_app(Service(settings, Store(client=client, topology=settings.topology, region=settings.region)))
