@@ -61,6 +61,13 @@ def security_groups(scope: Scope, *, network: Network, cidr: str) -> tuple[aws.e
     return alb_sg, task_sg
 
 
+#: Seconds the ALB keeps an idle connection (to clients and to targets). The service must keep its side open
+#: longer (uvicorn --timeout-keep-alive in services/Dockerfile): a target that closes first races the ALB
+#: reusing the connection, and the client gets a 502 (AWS: "configure the idle timeout of your application
+#: to be larger than the idle timeout configured for the load balancer").
+ALB_IDLE_TIMEOUT = 30
+
+
 def load_balancer(scope: Scope, *, network: Network, cidr: str, certificate_arn: pulumi.Input[str]) -> LoadBalancer:
     name, topology = scope.name, scope.topology
     alb_sg, task_sg = security_groups(scope, network=network, cidr=cidr)
@@ -71,7 +78,7 @@ def load_balancer(scope: Scope, *, network: Network, cidr: str, certificate_arn:
         security_groups=[alb_sg.id],
         subnets=network.public_subnet_ids,
         drop_invalid_header_fields=True,
-        idle_timeout=30,
+        idle_timeout=ALB_IDLE_TIMEOUT,
         # An internet-facing ALB in a VPC whose internet gateway is not attached yet fails to create
         # ("VPC ... has no internet gateway"): nothing in its inputs refers to the gateway, so say it.
         opts=scope.opts(depends_on=network.internet_ready),

@@ -94,6 +94,9 @@ class Gap:
 #: of writers in flight (the record itself is never lost). Labels that lag by at most this are in order.
 LABEL_LAG = 64
 
+#: Records per GetRecords call (AWS's maximum); a poll that returns fewer has read the shard to its end.
+READ_LIMIT = 1000
+
 
 @dataclass
 class Cursor:
@@ -115,6 +118,7 @@ class Cursor:
     last_read_at: float = 0.0
     verified_at: float = 0.0
     checks: int = 0
+    read_to_end_at: float = 0.0  # monotonic start of the last poll that read the shard to its end
 
     def at_start(self, shard_id: str, start_seq: int | None, *, contiguous: bool = True) -> None:
         """Positioned before the shard's first record."""
@@ -170,6 +174,7 @@ class Replicator:
         self._resyncing: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._nudged = 0.0  # monotonic time of the last drain request (the poller then polls every stream at once)
         self._clients: dict[tuple[str, str], Any] = {}
         self._zone_of = {topology.table_name(s.name, z.name): z.name for s in topology.tables for z in topology.table_zones(s)}
         self._logical = {topology.table_name(s.name, z.name): s.name for s in topology.tables for z in topology.table_zones(s)}
@@ -228,7 +233,7 @@ class Replicator:
             kw["SequenceNumber"] = str(seq)
         return str(self.client("dynamodbstreams", cursor.region).get_shard_iterator(**kw)["ShardIterator"])
 
-    def _records(self, cursor: Cursor, iterator: str, limit: int = 1000) -> tuple[list[dict[str, Any]], str | None]:
+    def _records(self, cursor: Cursor, iterator: str, limit: int = READ_LIMIT) -> tuple[list[dict[str, Any]], str | None]:
         resp = self.client("dynamodbstreams", cursor.region).get_records(ShardIterator=iterator, Limit=limit)
         return list(resp.get("Records", [])), resp.get("NextShardIterator")
 
@@ -366,15 +371,22 @@ class Replicator:
     def _poll_loop(self, streams: list[tuple[str, str]]) -> None:
         next_poll = {s: 0.0 for s in streams}
         idle = {s: 0.05 for s in streams}
+        nudged = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            if self._nudged > nudged:  # a drain is waiting: poll every stream now, not after its back-off
+                nudged = self._nudged
+                next_poll = dict.fromkeys(streams, 0.0)
             for stream in streams:
                 if next_poll[stream] > now or self._stop.is_set():
                     continue
                 table, region = stream
                 records: list[dict[str, Any]] = []
+                started, to_end = time.monotonic(), False
                 try:
                     records = self._poll(self.cursors[stream])
+                    # Fewer than a page: everything written before ``started`` has been read.
+                    to_end = self.cursors[stream].iterator is not None and len(records) < READ_LIMIT
                 except ClientError as exc:
                     self.errors.append(f"{table}@{region}: {exc.response.get('Error', {}).get('Code')}")
                     self.cursors[stream].iterator = None
@@ -382,6 +394,8 @@ class Replicator:
                     self.errors.append(f"{table}@{region}: {type(exc).__name__}: {exc}")
                     self.cursors[stream].iterator = None
                 self._enqueue(table, region, records)
+                if to_end:  # only once what it read is queued: a drain then waits for it to be applied
+                    self.cursors[stream].read_to_end_at = started
                 # Busy streams are polled every 50 ms; idle ones back off to max_poll (CPU on 2 cores).
                 idle[stream] = 0.05 if records else min(self.max_poll, idle[stream] * 2)
                 next_poll[stream] = time.monotonic() + idle[stream]
@@ -573,6 +587,39 @@ class Replicator:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
+
+    # -- drain ---------------------------------------------------------------------------------------------
+    def read_through(self, regions: set[str] | None = None, timeout: float = 30.0) -> list[str]:
+        """Wait until every stream (of ``regions``, default all) has been read to its end by a poll that began
+        after this call: every write made before it has then been read and queued. Returns the streams still
+        unread at ``timeout`` (empty: done). A barrier, where sleeping a poll interval is a guess a busy
+        machine breaks."""
+        started = time.monotonic()
+        self._nudged = started
+        deadline = started + timeout
+        while True:
+            with self._lock:
+                unread = sorted(f"{t}@{r}" for (t, r), c in self.cursors.items()
+                                if (regions is None or r in regions) and c.read_to_end_at < started)
+            if not unread or time.monotonic() >= deadline or self._stop.is_set():
+                return unread
+            time.sleep(0.02)
+
+    def drain(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Returns once every write made before the call has been read from its stream (``read_through``) and
+        every delivery so read has been applied (``pending`` 0). A queue that is empty only because the poller
+        has not read a stream yet does not count. Held deliveries (a partition, a failed region) keep it
+        waiting until ``timeout``; then ``drained`` is false and the reason is given."""
+        started = time.monotonic()
+        unread = self.read_through(timeout=timeout)
+        while True:
+            pending = self.status()["pending"]
+            if not unread and pending == 0:
+                return {"drained": True, "seconds": round(time.monotonic() - started, 3)}
+            if unread or time.monotonic() - started >= timeout or self._stop.is_set():
+                return {"drained": False, "seconds": round(time.monotonic() - started, 3), "unread_streams": unread[:10],
+                        "pending": pending, "held": self.held()}
+            time.sleep(0.05)
 
     # -- status ------------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -109,6 +109,26 @@ class TestContainer:
             env = {e["name"]: e["value"] for e in container["environment"]}
             assert env["MERIDIAN_PORT"] == str(prod_plan.topology.sizing.container_port)
 
+    def test_service_keeps_connections_longer_than_the_alb(self, prod_plan: Plan) -> None:
+        """The ALB reuses idle connections to targets for its idle timeout; a service that closed them first
+        would answer some reused connection with a reset: a 502 to the client. uvicorn's default is 5 s."""
+        from meridian_local.supervisor import SERVICE_KEEP_ALIVE
+
+        cmd = next(line for line in (ROOT / "services" / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+        found = re.search(r"--timeout-keep-alive (\d+)", cmd)
+        assert found, "the image's uvicorn keeps uvicorn's 5 s keep-alive"
+        albs = prod_plan.of_type("aws:lb/loadBalancer:LoadBalancer")
+        assert albs and all(int(found.group(1)) > int(alb.inputs["idleTimeout"]) for alb in albs)
+        assert SERVICE_KEEP_ALIVE == int(found.group(1))  # the local run's processes are started the same way
+
+    def test_image_runs_the_http_stack_the_benchmark_measured(self) -> None:
+        """bench/cost_per_request.py measures the service on uvicorn[standard] (httptools, uvloop: the
+        project's own dependency); plain uvicorn parses HTTP in pure Python and would cost more per request
+        than the capacity figures say."""
+        dockerfile = (ROOT / "services" / "Dockerfile").read_text()
+        pyproject = (ROOT / "pyproject.toml").read_text()
+        assert '"uvicorn[standard]' in pyproject and '"uvicorn[standard]' in dockerfile
+
 
 # -- releases inside a region (docs/decisions/0001) ------------------------------------------------------
 SERVICE = "aws:ecs/service:Service"
