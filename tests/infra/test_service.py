@@ -119,7 +119,7 @@ class TestContainer:
         assert found, "the image's uvicorn keeps uvicorn's 5 s keep-alive"
         albs = prod_plan.of_type("aws:lb/loadBalancer:LoadBalancer")
         assert albs and all(int(found.group(1)) > int(alb.inputs["idleTimeout"]) for alb in albs)
-        assert SERVICE_KEEP_ALIVE == int(found.group(1))  # the local run's processes are started the same way
+        assert int(found.group(1)) == SERVICE_KEEP_ALIVE  # the local run's processes are started the same way
 
     def test_image_runs_the_http_stack_the_benchmark_measured(self) -> None:
         """bench/cost_per_request.py measures the service on uvicorn[standard] (httptools, uvloop: the
