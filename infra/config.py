@@ -56,7 +56,7 @@ def read_topology(config: pulumi.Config | None = None) -> Topology:
 #: password: secretsmanager). tests/infra/test_localstack_stack.py derives the set from the rendered
 #: plan and fails when a new service is missing here.
 SERVICES = (
-    "acm", "appautoscaling", "cloudwatch", "dynamodb", "ec2", "ecr", "ecs", "elbv2", "events",
+    "acm", "appautoscaling", "cloudwatch", "dynamodb", "ec2", "ecr", "ecs", "elbv2", "events", "fis",
     "globalaccelerator", "iam", "kms", "lambda", "logs", "route53", "secretsmanager", "sns", "sts",
 )
 
@@ -114,3 +114,22 @@ def _endpoints(value: Any) -> dict[str, str]:
             "add them (Pulumi.localstack.yaml lists every service the program uses)"
         )
     return merged
+
+
+# -- meridian:faultInjection: the AWS FIS role and experiment templates of `meridian gameday --target aws` --
+FAULT_INJECTION_KEY = "faultInjection"
+
+
+def fault_injection_enabled(config: pulumi.Config | None = None, provider_settings: dict[str, Any] | None = None) -> bool:
+    """``meridian:faultInjection``; by default on, except for a stack whose providers point at an emulator
+    (``aws:endpoints``: LocalStack or moto offer no AWS FIS), as Global Accelerator is off there."""
+    config = config or pulumi.Config(CONFIG_NAMESPACE)
+    try:
+        value = config.get_bool(FAULT_INJECTION_KEY)
+    except pulumi.ConfigTypeError as exc:
+        # One line in `pulumi up`'s diagnostics (the program runs past read_topology's handler here).
+        raise pulumi.RunError(f"meridian config: meridian:{FAULT_INJECTION_KEY} must be {_EXPECTED['boolean']}, got {exc.value!r}") from None
+    if value is not None:
+        return value
+    settings = read_provider_settings() if provider_settings is None else provider_settings
+    return "endpoints" not in settings

@@ -17,11 +17,12 @@ import pulumi_aws as aws
 from infra import layout
 from infra.components.dashboard import Dashboard, DashboardArgs, RegionInputs
 from infra.components.edge import GlobalEdge, GlobalEdgeArgs, RegionEndpoint
+from infra.components.fis import fault_injection
 from infra.components.functions import KeyRotation, KeyRotationArgs
 from infra.components.image import ServiceImage, ServiceImageArgs
 from infra.components.regional import Region, RegionArgs
 from infra.components.tables import GlobalTables, GlobalTablesArgs
-from infra.config import ProviderConfigError, read_provider_settings
+from infra.config import ProviderConfigError, fault_injection_enabled, read_provider_settings
 from meridian.topology import Topology
 
 
@@ -161,6 +162,8 @@ def define_stack(topology: Topology) -> dict[str, Any]:
         KeyRotation("key-rotation", KeyRotationArgs(topology=topology, secret_arn=secret.arn, provider=providers[primary],
                                                     alarm_topic_arn=regions[primary].alarm_topic_arn))
 
+    # AWS FIS experiment templates of `meridian gameday --target aws` (meridian:faultInjection).
+    fis_templates = fault_injection(topology, providers=providers, regions=regions, tables=tables, enabled=fault_injection_enabled())
     edge = GlobalEdge(
         "edge",
         GlobalEdgeArgs(
@@ -194,6 +197,7 @@ def define_stack(topology: Topology) -> dict[str, Any]:
                 "url": f"https://{r}.{topology.domain}", "alarmTopicArn": c.alarm_topic_arn}
             for r, c in regions.items()
         },
+        "fisTemplates": fis_templates,
         "acceleratorDnsName": edge.accelerator_dns_name or "",
         "acceleratorIps": edge.accelerator_ips or [],
         "tables": {

@@ -415,6 +415,7 @@ CONFIG_KEYS: dict[str, tuple[str, Any, str]] = {
     "alertHttpsEndpoints": ("array", [], "HTTPS endpoints (https://...) subscribed to every region's alarm topic."),
     "deletionProtection": ("boolean", Operations.deletion_protection, "false only for a teardown: tables lose deletion protection and Pulumi protect."),
     "conflictsPerMinute": ("integer", Operations.conflicts_per_minute, "Conflicts per minute in a region that, 5 minutes in a row, fire its conflict alarm."),
+    "faultInjection": ("boolean", True, "AWS FIS role and experiment templates for `meridian gameday --target aws` (false for a stack on an emulator)."),
     "keyRotationDays": ("integer", Operations.key_rotation_days, "Days between scheduled rotations of the signing keys (0: off; else 2 to 365)."),
 }
 

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for register in _extensions():
         register(sub)
+    from meridian_cli.gameday_aws import add_target_option  # `gameday --target aws|local`, on the command local_cmds declares
+
+    add_target_option(sub)
     return parser
 
 

@@ -35,7 +35,8 @@ PER_REGION = {
     "aws:lambda/function:Function": 3,
     "aws:cloudwatch/eventRule:EventRule": 1,
     "aws:cloudwatch/compositeAlarm:CompositeAlarm": 1,
-    "aws:iam/role:Role": 5,
+    "aws:iam/role:Role": 6,  # with the FIS role (infra/components/fis.py)
+    "aws:fis/experimentTemplate:ExperimentTemplate": 2,
 }
 
 
