@@ -88,6 +88,24 @@ class TestStock:
         cluster.down[owner] = False
         assert cluster.call(other, "GET", "/v1/stock/bike").json()["available"] == 4
 
+    def test_owner_that_executed_but_did_not_answer_is_outcome_unknown_not_refused(self, cluster: Cluster) -> None:
+        """The owner reserved the units and its answer was lost: a 503 would tell the client nothing was
+        written (the game day's oversell check caught exactly that). It is 504 outcome_unknown, and the same
+        Idempotency-Key again answers the one reservation made."""
+        owner = owner_region("kite", REGIONS)
+        stock(cluster, "kite", 4, region=owner)
+        other = next(r for r in REGIONS if r != owner)
+        user = new_user(cluster, other, residency="global")["user_id"]
+        cluster.late[owner] = True
+        try:
+            r = cluster.call(other, "POST", f"/v1/users/{user}/reservations", **reserve_kw(cluster, user, "kite", "late-1"))
+        finally:
+            cluster.late[owner] = False
+        assert r.status_code == 504 and r.json()["error"] == "outcome_unknown", r.text
+        assert cluster.call(owner, "GET", "/v1/stock/kite").json()["reserved"] == 1  # it did execute
+        again = cluster.call(other, "POST", f"/v1/users/{user}/reservations", **reserve_kw(cluster, user, "kite", "late-1"))
+        assert again.status_code == 201 and cluster.call(owner, "GET", "/v1/stock/kite").json()["reserved"] == 1
+
     def test_operator_only(self, cluster: Cluster) -> None:
         user = new_user(cluster, "us-east-1", residency="global")
         assert cluster.call("us-east-1", "PUT", "/v1/stock/x", json={"available": 1}).status_code == 401

@@ -85,9 +85,13 @@ USER_AUTH = [Security(BEARER)]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 maybe_executed: str = "") -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        #: A forward's 503 after a target that may have executed the request (sent, answer lost): a caller
+        #: that may not execute it elsewhere must not say "nothing was written" (meridian.api.app at_owner).
+        self.maybe_executed = maybe_executed
 
 
 def _no_control(value: str) -> str:
@@ -320,7 +324,7 @@ class Service:
         a second execution elsewhere would create a second thing."""
         if idempotent is None:
             idempotent = request.method in ("GET", "HEAD", "PUT", "DELETE")
-        last_error = ""
+        last_error, maybe_executed = "", ""
         for target in targets[:2]:
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             if target not in self.settings.peers:
@@ -346,6 +350,7 @@ class Service:
                 if not idempotent:
                     raise self._unknown(target, type(exc).__name__) from None
                 last_error, failover = f"{target}: {type(exc).__name__} (may have executed; idempotent, so sent on)", True
+                maybe_executed = maybe_executed or f"{target}: {type(exc).__name__}"
                 continue
             from_service = REGION_HEADER.lower() in (k.lower() for k in resp.headers)
             if resp.headers.get(LINK_HEADER) == NOT_DELIVERED or (resp.status_code == 503 and not from_service):
@@ -359,11 +364,12 @@ class Service:
                 if not idempotent:
                     raise self._unknown(target, f"HTTP {resp.status_code}")
                 last_error, failover = f"{target}: HTTP {resp.status_code} (may have executed; idempotent, so sent on)", True
+                maybe_executed = maybe_executed or f"{target}: HTTP {resp.status_code}"
                 continue
             passthrough = {k: v for k, v in resp.headers.items() if k.lower() in _PASSTHROUGH}
             return Response(content=resp.content, status_code=resp.status_code, headers=passthrough, media_type="application/json")
         raise ApiError(503, "region_unavailable", f"no region of the zone answered ({last_error}); retry later",
-                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+                       headers={"Retry-After": str(RETRY_AFTER_SECONDS)}, maybe_executed=maybe_executed)
 
     @staticmethod
     def _unknown(target: str, why: str) -> ApiError:
@@ -388,10 +394,16 @@ class Service:
                    "content-type": "application/json"}
         try:
             resp = await self.http.request(method, self.settings.peer_url(target) + path, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             self.health.record(target, False)
             raise ApiError(503, "consistency_unavailable", f"{target} owns this key and cannot be reached ({type(exc).__name__}); "
                            "nothing was written; retry", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        except httpx.HTTPError as exc:  # sent, answer lost: it may have been written there
+            self.health.record(target, False)
+            raise self._unknown(target, type(exc).__name__) from None
+        if resp.status_code in (502, 504) and REGION_HEADER.lower() not in resp.headers and resp.headers.get(LINK_HEADER) != NOT_DELIVERED:
+            self.health.record(target, False)
+            raise self._unknown(target, f"HTTP {resp.status_code}")
         if resp.headers.get(LINK_HEADER) == NOT_DELIVERED or (resp.status_code >= 500 and REGION_HEADER.lower() not in resp.headers):
             self.health.record(target, False)
             raise ApiError(503, "consistency_unavailable", f"{target} owns this key and cannot be reached (HTTP {resp.status_code}); "
@@ -898,8 +910,9 @@ def create_app(service: Service) -> FastAPI:
     # -- strong keys: stock and reservations (meridian.strong) ---------------------------------------------
     async def at_owner(request: Request, body: bytes, table: str, key: str) -> Response | None:
         """None: execute here (this region owns ``key``, or MRSC lets every region, or a peer sent it here).
-        Else the owner's answer; 503 ``consistency_unavailable`` if it cannot be reached — never executed
-        elsewhere, which could sell a unit twice."""
+        Else the owner's answer; 503 ``consistency_unavailable`` if the request certainly did not reach it —
+        never executed elsewhere, which could sell a unit twice — and 504 ``outcome_unknown`` if it was sent
+        and no answer came (it may have executed: the same Idempotency-Key again answers what was done)."""
         if await peer_call(request, body) is not None:
             return None
         owner = service.strong_owner(table, key)
@@ -908,6 +921,10 @@ def create_app(service: Service) -> FastAPI:
         try:
             return await service.forward(request, body, [owner], failover=False, idempotent=True)
         except ApiError as exc:
+            if exc.status == 503 and exc.maybe_executed:
+                # Sent and unanswered: the owner may have executed it, so "refused" would be a false answer.
+                raise ApiError(504, "outcome_unknown", f"{exc.maybe_executed}: {owner} owns {key!r} and may have executed this; "
+                               "send it again with the same Idempotency-Key", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
             if exc.status == 503:
                 raise ApiError(503, "consistency_unavailable", f"{owner} owns {key!r} and cannot be reached ({exc.message}); "
                                "refused rather than risk two owners", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
