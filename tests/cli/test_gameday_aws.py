@@ -20,6 +20,7 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
+from stacks import THREE_REGIONS
 
 from meridian.topology import Topology, load_topology
 from meridian_cli import evacuate, gameday_aws
@@ -262,14 +263,7 @@ class TestCommand:
 
 
 # -- the same interface on a real local run ---------------------------------------------------------------------
-LOCAL_STACK = """config:
-  meridian:regions: [us-east-1, eu-west-1, eu-central-1]
-  meridian:residencyZones:
-    eu: [eu-west-1, eu-central-1]
-  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
-  meridian:healthCheckInterval: 10
-  meridian:failureThreshold: 2
-"""
+LOCAL_STACK = THREE_REGIONS
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
+from stacks import THREE_REGIONS
 
 from meridian_cli.local_cmds import start_local, stop_local
 from meridian_local.gameday import History
@@ -30,14 +31,7 @@ from meridian_local.state import control
 
 pytestmark = pytest.mark.slow
 
-STACK = """config:
-  meridian:regions: [us-east-1, eu-west-1, eu-central-1]
-  meridian:residencyZones:
-    eu: [eu-west-1, eu-central-1]
-  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
-  meridian:healthCheckInterval: 10
-  meridian:failureThreshold: 2
-"""
+STACK = THREE_REGIONS
 WEST, CENTRAL, US = "eu-west-1", "eu-central-1", "us-east-1"
 
 

@@ -16,20 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stacks import THREE_REGIONS
 
 from meridian_cli.main import main
 from meridian_local.state import pid_alive, read_state
 
 pytestmark = pytest.mark.slow
 
-STACK = """config:
-  meridian:regions: [us-east-1, eu-west-1, eu-central-1]
-  meridian:residencyZones:
-    eu: [eu-west-1, eu-central-1]
-  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
-  meridian:healthCheckInterval: 10
-  meridian:failureThreshold: 2
-"""
+STACK = THREE_REGIONS
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from stacks import THREE_REGIONS
 
 from meridian_cli.local_cmds import start_local, stop_local
 from meridian_cli.main import main
@@ -30,14 +31,7 @@ from meridian_local.rollout import AlarmRule, RateWatch, alarm_rules
 from meridian_local.state import control, pid_alive
 
 REGIONS = ["us-east-1", "eu-west-1", "eu-central-1"]
-STACK = """config:
-  meridian:regions: [us-east-1, eu-west-1, eu-central-1]
-  meridian:residencyZones:
-    eu: [eu-west-1, eu-central-1]
-  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
-  meridian:healthCheckInterval: 10
-  meridian:failureThreshold: 2
-"""
+STACK = THREE_REGIONS
 
 
 @dataclass

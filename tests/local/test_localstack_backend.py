@@ -23,6 +23,7 @@ import boto3
 import httpx
 import pytest
 from botocore.exceptions import ClientError
+from stacks import THREE_REGIONS
 
 from meridian_cli.main import main
 from meridian_local import backend as backends
@@ -226,15 +227,7 @@ class TestEndpoint:
 
 
 # -- end to end: `meridian up --local --backend localstack` ---------------------------------------------------------
-STACK = """config:
-  meridian:regions: [us-east-1, eu-west-1, eu-central-1]
-  meridian:residencyZones:
-    eu: [eu-west-1, eu-central-1]
-  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
-  meridian:healthCheckInterval: 10
-  meridian:failureThreshold: 2
-  meridian:globalAccelerator: false
-"""
+STACK = THREE_REGIONS + '  meridian:globalAccelerator: false\n'
 
 
 def real_localstack() -> str | None:

@@ -11,19 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from stacks import THREE_REGIONS
 
 from meridian_cli.local_cmds import start_local, stop_local
 
 pytestmark = pytest.mark.slow
 
-STACK = """config:
-  meridian:regions: [us-east-1, eu-west-1, eu-central-1]
-  meridian:residencyZones:
-    eu: [eu-west-1, eu-central-1]
-  meridian:homeRegions: {eu: eu-west-1, global: us-east-1}
-  meridian:healthCheckInterval: 10
-  meridian:failureThreshold: 2
-"""
+STACK = THREE_REGIONS
 
 
 def hog(seconds: float) -> None:
