@@ -242,7 +242,8 @@ def error_body(code: str, message: str) -> bytes:
 class Service:
     """One region's service: the store, its view of the other regions, and the forwarding client."""
 
-    def __init__(self, settings: Settings, store: Store, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store, *, transport: httpx.AsyncBaseTransport | None = None,
+                 strong_store: Store | None = None) -> None:
         self.settings, self.store = settings, store
         self.region, self.topology = settings.region, settings.topology
         self.health = HealthView(self.topology.regions, failure_threshold=self.topology.routing.failure_threshold)
@@ -250,7 +251,9 @@ class Service:
         self.users = UserTokens(settings.user_key, issuer=f"meridian/{self.topology.project}-{self.topology.stack}",
                                 oidc=settings.oidc, builtin=settings.builtin_tokens)
         self.nonces = NonceCache()
-        self.strong = StrongStore(store)
+        # The strong keys' calls: the same store, or (the local run's MRSC emulation) one whose client
+        # reaches DynamoDB through the emulator (MERIDIAN_STRONG_ENDPOINT_URL; meridian_local.mrsc).
+        self.strong = StrongStore(strong_store or store)
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -1023,6 +1026,11 @@ def dynamodb_client(settings: Settings, **kwargs: Any) -> Any:
 
 def app_from_env() -> FastAPI:
     """The ASGI app uvicorn runs in each region: ``uvicorn --factory meridian.api.app:app_from_env``."""
+    import os
+
     settings = Settings.from_env()
-    client = dynamodb_client(settings)
-    return create_app(Service(settings, Store(client=client, topology=settings.topology, region=settings.region)))
+    store = Store(client=dynamodb_client(settings), topology=settings.topology, region=settings.region)
+    strong_endpoint = os.environ.get("MERIDIAN_STRONG_ENDPOINT_URL")  # never set on AWS: MRSC is DynamoDB's own there
+    strong = Store(client=dynamodb_client(settings, endpoint_url=strong_endpoint), topology=settings.topology,
+                   region=settings.region, clock=store.clock) if strong_endpoint else None
+    return create_app(Service(settings, store, strong_store=strong))
