@@ -21,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import json
+import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -33,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meridian import __version__
@@ -534,7 +537,120 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": content})
 
 
-def create_app(service: Service) -> FastAPI:
+@dataclass(frozen=True)
+class HotRoute:
+    """One of the busiest routes, served by :class:`HotPaths`: its method, its path (FastAPI's path
+    parameters as named groups) and the endpoint FastAPI also serves it with."""
+
+    method: str
+    path: re.Pattern[str]
+    endpoint: Callable[..., Awaitable[Response]]
+    body: type[BaseModel] | None = None
+    params: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, method: str, template: str, endpoint: Callable[..., Awaitable[Response]], body: type[BaseModel] | None = None) -> HotRoute:
+        path = re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template))
+        return cls(method, path, endpoint, body, frozenset(inspect.signature(endpoint).parameters))
+
+
+class HotPaths:
+    """Pure ASGI: the busiest routes (profile read and update, orders, increments, reservations) without
+    FastAPI's per-request machinery — routing over every route, dependency solving, the exception
+    and exit-stack middleware — which cost about as much CPU as the endpoint's own work
+    (bench/cost_per_request.py). The endpoint is FastAPI's own, called with the arguments FastAPI would
+    pass, and its exceptions are answered by the app's own exception handlers, so both paths answer
+    alike; FastAPI still documents the routes (OpenAPI).
+
+    Only a request whose every input is valid is served here: a body that is not JSON or not a valid
+    model, a content type other than JSON, a missing or invalid ``Idempotency-Key`` goes to FastAPI
+    unchanged (body replayed), which answers its 400/422 as it always has."""
+
+    def __init__(self, app: Any, *, routes: list[HotRoute], handlers: dict[Any, Callable[..., Any]]) -> None:
+        self.app, self.handlers = app, handlers
+        self.routes: dict[str, list[HotRoute]] = {}
+        for route in routes:
+            self.routes.setdefault(route.method, []).append(route)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for route in self.routes.get(scope["method"], ()):
+                if (match := route.path.fullmatch(scope["path"])) is not None:
+                    await self._serve(route, match.groupdict(), scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(self, route: HotRoute, path: dict[str, str], scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        kwargs: dict[str, Any] = {**path}
+        body = await request.body() if route.body is not None else b""
+        valid = True
+        if route.body is not None:
+            content_type = request.headers.get("content-type")
+            if content_type is None or content_type.split(";", 1)[0].strip().lower() == "application/json":
+                try:
+                    kwargs["payload"] = route.body.model_validate_json(body)
+                except ValidationError:
+                    valid = False
+            else:
+                valid = False
+        if "idempotency_key" in route.params:
+            kwargs["idempotency_key"] = key = request.headers.get("idempotency-key")
+            valid = valid and key is not None and _KEY.match(key) is not None
+        if not valid:  # FastAPI answers it as it always has (the body was read: replay it)
+            await self.app(scope, _replaying(body, receive), send)
+            return
+        if "request" in route.params:
+            kwargs["request"] = request
+        if "x_meridian_session" in route.params:
+            kwargs["x_meridian_session"] = request.headers.get("x-meridian-session")
+        try:
+            response = await route.endpoint(**kwargs)
+        except Exception as exc:
+            handled = next((c for c in type(exc).__mro__ if c in self.handlers), None)
+            if handled is None:
+                raise
+            if handled is Exception:  # a bug: logged with its traceback, as the server error middleware does
+                logging.getLogger("meridian.api").exception("unexpected error in %s %s", scope["method"], scope["path"])
+            response = self.handlers[handled](request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+        await response(scope, receive, send)
+
+
+def _replaying(body: bytes, receive: Any) -> Any:
+    """A ``receive`` that hands ``body`` over once more (it was read to validate it), then the client's."""
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class RegionalApp(FastAPI):
+    """FastAPI with the region's own pure-ASGI layers in front of its stack (``front``: region header, body
+    limit, hot routes): a hot route's request never enters FastAPI's middleware at all."""
+
+    front: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def fastapi_stack(self, scope: Any, receive: Any, send: Any) -> None:
+        """What every request not served in front reaches: FastAPI as it is."""
+        await super().__call__(scope, receive, send)
+
+
+def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
+    """The region's app. ``hot_paths=False`` serves every route through FastAPI alone (the tests compare the two)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(service.probe_peers()) if service.settings.probe_interval > 0 else None
@@ -548,7 +664,7 @@ def create_app(service: Service) -> FastAPI:
             keys.cancel()
         await service.http.aclose()
 
-    app = FastAPI(title="Meridian regional service", version=__version__, lifespan=lifespan)
+    app = RegionalApp(title="Meridian regional service", version=__version__, lifespan=lifespan)
     region = service.region
 
     def openapi() -> dict[str, Any]:
@@ -569,13 +685,6 @@ def create_app(service: Service) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    if service.settings.fault_5xx > 0:  # a rehearsal of a bad release (meridian.rehearsal); never set on AWS
-        from meridian.rehearsal import RehearsalFault
-
-        app.add_middleware(RehearsalFault, share=service.settings.fault_5xx)
-    app.add_middleware(RegionHeader, region=region)  # outermost: stamps the 413s too
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -1012,6 +1121,21 @@ def create_app(service: Service) -> FastAPI:
             reservation = await asyncio.to_thread(service.strong.release, reservation)
         return JSONResponse(reservation.public())
 
+    # In front of FastAPI's own stack, innermost first: the hot routes, the body limit before them, the
+    # rehearsal fault, and the region header outermost (it stamps the 413s too).
+    front: Any = app.fastapi_stack
+    if hot_paths:
+        front = HotPaths(front, routes=[
+            HotRoute.of("GET", "/v1/users/{user_id}", get_user), HotRoute.of("PUT", "/v1/users/{user_id}", update_user, UserUpdate),
+            HotRoute.of("POST", "/v1/users/{user_id}/orders", create_order, NewOrder),
+            HotRoute.of("POST", "/v1/counters/{name}/increment", increment, Increment),
+            HotRoute.of("POST", "/v1/users/{user_id}/reservations", reserve, NewReservation)], handlers=app.exception_handlers)
+    front = BodyLimit(front, limit=MAX_BODY_BYTES)
+    if service.settings.fault_5xx > 0:  # a rehearsal of a bad release (meridian.rehearsal); never set on AWS
+        from meridian.rehearsal import RehearsalFault
+
+        front = RehearsalFault(front, share=service.settings.fault_5xx)
+    app.front = RegionHeader(front, region=region)
     return app
 
 
@@ -1020,8 +1144,12 @@ def dynamodb_client(settings: Settings, **kwargs: Any) -> Any:
     import boto3
     from botocore.config import Config
 
+    # No client-side parameter validation: every request is built by this code, not taken from input, and
+    # DynamoDB validates each one anyway (a ValidationException is a 503 like any failed call); walking the
+    # parameters against the model costs about a twentieth of a call's CPU.
     return boto3.client("dynamodb", region_name=settings.region,
-                        config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5), **kwargs)
+                        config=Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5,
+                                      parameter_validation=False), **kwargs)
 
 
 def app_from_env() -> FastAPI:
