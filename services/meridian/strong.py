@@ -47,11 +47,19 @@ from botocore.exceptions import ClientError
 from meridian.ids import derived_id
 from meridian.store import IdempotencyMismatch, Store, StoreError, from_item, to_item
 
-__all__ = ["ConsistencyUnavailable", "EmailTaken", "OutOfStock", "Reservation", "StrongStore", "claim_key", "owner_region",
-           "reservation_id_for"]
+__all__ = ["STRONG_TABLES", "ConsistencyUnavailable", "EmailTaken", "OutOfStock", "Reservation", "StrongStore", "claim_key",
+           "owner_region", "reservation_id_for"]
+
+#: The tables the strong keys live in; every call to them is made here (the local run's MRSC emulation,
+#: meridian_local.mrsc, relies on it: nothing else writes them).
+STRONG_TABLES = ("stock", "reservations", "claims")
 
 #: How many times a write that met a concurrent one in another MRSC replica is retried here.
 CONFLICT_RETRIES = 4
+
+#: DynamoDB error codes that mean the guarantee cannot be kept here now: a write that kept meeting concurrent
+#: ones (MRSC), or a replica that cannot reach a majority of its MRSC set (writes and strong reads refused).
+UNAVAILABLE_CODES = ("ReplicatedWriteConflict", "ServiceUnavailable")
 
 
 class OutOfStock(ValueError):
@@ -121,21 +129,35 @@ class StrongStore:
         return self._locks[int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % len(self._locks)]
 
     def _table(self, logical: str) -> str:
+        assert logical in STRONG_TABLES, logical
         return self.store.table(self.zone, logical)
 
+    def _call(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        """One storage call; an MRSC replica cut off from its set's majority refuses writes and strongly
+        consistent reads alike: :class:`ConsistencyUnavailable`, never a stale answer."""
+        try:
+            result: dict[str, Any] = self.store._call(op, **kwargs)
+            return result
+        except StoreError as exc:
+            if any(code in str(exc) for code in UNAVAILABLE_CODES):
+                raise ConsistencyUnavailable(f"strong {op} not possible now in {self.store.region}: {exc}") from exc
+            raise
+
+    def _read(self, logical: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """A strongly consistent read of one item (plain values), or None."""
+        item = self._call("get_item", TableName=self._table(logical), Key=to_item(key), ConsistentRead=True).get("Item")
+        return from_item(item) if item else None
+
     def _write(self, op: str, **kwargs: Any) -> dict[str, Any]:
-        """One conditional write; a replicated write conflict (MRSC) is retried with a short backoff.
+        """One write; a replicated write conflict (MRSC) is retried with a short backoff.
         ConditionalCheckFailedException is the caller's to interpret."""
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
-                result: dict[str, Any] = self.store._call(op, **kwargs)
-                return result
-            except StoreError as exc:
+                return self._call(op, **kwargs)
+            except ConsistencyUnavailable as exc:
                 if "ReplicatedWriteConflict" in str(exc) and attempt < CONFLICT_RETRIES:
                     time.sleep(0.005 * 2**attempt)
                     continue
-                if "ReplicatedWriteConflict" in str(exc) or "ServiceUnavailable" in str(exc):
-                    raise ConsistencyUnavailable(f"strong write not possible now in {self.store.region}: {exc}") from exc
                 raise
         raise AssertionError("unreachable")
 
@@ -150,8 +172,8 @@ class StrongStore:
         return self._stock_view(from_item(resp["Attributes"]))
 
     def get_stock(self, sku: str) -> dict[str, Any] | None:
-        item = self.store._call("get_item", TableName=self._table("stock"), Key=to_item({"sku": sku}), ConsistentRead=True).get("Item")
-        return self._stock_view(from_item(item)) if item else None
+        item = self._read("stock", {"sku": sku})
+        return self._stock_view(item) if item else None
 
     @staticmethod
     def _stock_view(item: dict[str, Any]) -> dict[str, Any]:
@@ -171,11 +193,7 @@ class StrongStore:
                             ReturnValuesOnConditionCheckFailure="ALL_OLD")
             created = True
         except ClientError as exc:
-            old = from_item(exc.response.get("Item") or {}) if exc.response.get("Item") else None
-            if old is None:
-                old_item = self.store._call("get_item", TableName=self._table("stock"), Key=to_item({"sku": sku}),
-                                            ConsistentRead=True).get("Item")
-                old = from_item(old_item) if old_item else None
+            old = from_item(exc.response["Item"]) if exc.response.get("Item") else self._read("stock", {"sku": sku})
             if old is None:
                 raise OutOfStock(f"no stock of {sku!r}") from None
             if reservation_id not in set(old.get("active") or ()):
@@ -186,17 +204,15 @@ class StrongStore:
                 if (stored.sku, stored.quantity, stored.user_id) != (sku, quantity, user_id):
                     raise IdempotencyMismatch("this Idempotency-Key was used for a different reservation; use a new key") from None
                 return stored, False
-        self.store._call("put_item", TableName=self._table("reservations"), Item=to_item(
+        self._write("put_item", TableName=self._table("reservations"), Item=to_item(
             {"reservation_id": reservation_id, "sku": sku, "quantity": quantity, "user_id": user_id, "status": "active",
              "created_at": int(time.time() * 1000), "origin_region": self.store.region, "version": self.store._stamp(None)[1]}))
         return reservation, created
 
     def reservation(self, reservation_id: str) -> Reservation | None:
-        item = self.store._call("get_item", TableName=self._table("reservations"), Key=to_item({"reservation_id": reservation_id}),
-                                ConsistentRead=True).get("Item")
-        if not item:
+        data = self._read("reservations", {"reservation_id": reservation_id})
+        if not data:
             return None
-        data = from_item(item)
         return Reservation(reservation_id=reservation_id, sku=str(data["sku"]), quantity=int(data["quantity"]),
                            user_id=str(data["user_id"]), status=str(data.get("status", "active")))
 
@@ -209,9 +225,9 @@ class StrongStore:
                         ConditionExpression="contains(active, :id)",
                         ExpressionAttributeValues={":q": {"N": str(reservation.quantity)}, ":ids": {"SS": [reservation.reservation_id]},
                                                    ":id": {"S": reservation.reservation_id}, **self._stamp()})
-        self.store._call("update_item", TableName=self._table("reservations"), Key=to_item({"reservation_id": reservation.reservation_id}),
-                         UpdateExpression="SET #s = :s, version = :v, origin_region = :r", ExpressionAttributeNames={"#s": "status"},
-                         ExpressionAttributeValues={**to_item({":s": "released"}), **self._stamp()})
+        self._write("update_item", TableName=self._table("reservations"), Key=to_item({"reservation_id": reservation.reservation_id}),
+                    UpdateExpression="SET #s = :s, version = :v, origin_region = :r", ExpressionAttributeNames={"#s": "status"},
+                    ExpressionAttributeValues={**to_item({":s": "released"}), **self._stamp()})
         return Reservation(**{**reservation.__dict__, "status": "released"})
 
     # -- email claims -------------------------------------------------------------------------------------

@@ -147,6 +147,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How ``meridian local status`` names each strong table's mechanism (the supervisor's ``strong_tables``).
+STRONG_MECHANISMS = {"mrsc": "MRSC (emulated)", "owner": "owner region"}
+
+
 def _status_table(status: dict[str, Any]) -> Any:
     from rich.table import Table
 
@@ -173,7 +177,10 @@ def _status_table(status: dict[str, Any]) -> Any:
     releases = {r: str(s.get("release") or "?") for r, s in status["regions"].items()}
     release_line = (f"release: {next(iter(releases.values()))} in every region" if len(set(releases.values())) == 1
                     else "releases: " + ", ".join(f"{r} {name}" for r, name in releases.items()))
-    table.caption = f"{aws_line}\n{release_line}\n{rep_line}" + ("" if backend.get("shared") else f"\nlag p50: {lags}")
+    strong = status.get("strong_tables") or {}
+    strong_line = "strong tables: " + "; ".join(f"{', '.join(n for n, m in strong.items() if m == mechanism)} {STRONG_MECHANISMS[mechanism]}"
+                                                for mechanism in dict.fromkeys(strong.values()))
+    table.caption = f"{aws_line}\n{release_line}\n{rep_line}\n{strong_line}" + ("" if backend.get("shared") else f"\nlag p50: {lags}")
     table.caption_justify = "left"
     return table
 

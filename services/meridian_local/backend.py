@@ -40,7 +40,8 @@ SHARED_TEXT = "shared by the backend (no lag, no conflicts)"
 SEPARATE_TEXT = "emulated between separate regional tables (lag, partitions, conflicts)"
 #: Strong keys (docs/consistency.md) on shared replicas: one table is linearizable by itself.
 STRONG_SHARED_TEXT = "one table behind every replica is linearizable by itself: no emulation needed"
-STRONG_SEPARATE_TEXT = "one owner region per key (replication here is asynchronous)"
+STRONG_SEPARATE_TEXT = ("one owner region per key (replication here is asynchronous), or MRSC (emulated: meridian_local.mrsc) "
+                        "where a zone is an MRSC set; strong_tables names each table's")
 
 #: Game-day scenarios that need the replicas of a table to diverge, and why they cannot on shared replicas.
 NEEDS_DIVERGING_REPLICAS = {

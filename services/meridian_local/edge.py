@@ -125,6 +125,11 @@ class Edge:
         healthy = [r for r in serving if self.regions[r].healthy]
         return nearest(client_region, healthy or serving)
 
+    def linked(self, a: str, b: str) -> bool:
+        """The emulated network lets ``a`` reach ``b``: neither failed, no partition between them. The one
+        rule for region-to-region calls and for the MRSC emulation's majorities (meridian_local.mrsc)."""
+        return a not in self.failed and b not in self.failed and frozenset((a, b)) not in self.partitions
+
     async def delay(self, a: str, b: str) -> None:
         if self.latency_scale > 0:
             await asyncio.sleep(rtt_ms(a, b) * self.latency_scale / 1000)
@@ -220,7 +225,7 @@ class Edge:
         src, dst, rest = request.path_params["src"], request.path_params["dst"], request.path_params["rest"]
         if dst not in self.regions:
             return JSONResponse({"error": "no_such_region", "message": dst}, status_code=404)
-        if frozenset((src, dst)) in self.partitions or dst in self.failed or src in self.failed:
+        if not self.linked(src, dst):
             return JSONResponse({"error": "link_down", "message": f"{src} cannot reach {dst}"}, status_code=502,
                                 headers={LINK_HEADER: NOT_DELIVERED})
         await self.delay(src, dst)

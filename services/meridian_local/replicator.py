@@ -154,8 +154,10 @@ class Cursor:
 
 class Replicator:
     def __init__(self, applied: Applied, topology: Topology, *, lag: float = 0.5, max_poll: float = 0.5,
-                 verify_interval: float = 2.0, contiguous: bool = True) -> None:
+                 verify_interval: float = 2.0, contiguous: bool = True, exclude: frozenset[str] = frozenset()) -> None:
         self.applied, self.topology = applied, topology
+        #: tables replicated by someone else (the MRSC emulation writes every reachable replica itself)
+        self.exclude = exclude
         self.lag, self.max_poll, self.verify_interval, self.contiguous = lag, max_poll, verify_interval, contiguous
         self.failed: set[str] = set()
         self.partitions: set[frozenset[str]] = set()
@@ -200,7 +202,7 @@ class Replicator:
         streams = []
         for table, regions in self.applied.tables.items():
             for region in regions:
-                if len(regions) > 1:
+                if len(regions) > 1 and table not in self.exclude:
                     streams.append((table, region))
         self.cursors = {s: Cursor(*s) for s in streams}
         self._threads = [
@@ -629,6 +631,7 @@ class Replicator:
             resyncing = sorted(self._resyncing)
         return {
             "lag": self.lag,
+            "excluded": sorted(self.exclude),
             # Queued or being applied, plus a resync still scanning: 0 means caught up with what was read.
             "pending": pending + len(resyncing),
             "held": self.held(),

@@ -5,7 +5,9 @@
 3. one uvicorn process per region running the service with exactly the environment its ECS task
    definition declares (secrets resolved from the embedded Secrets Manager), plus the AWS endpoint,
    the emulated network's URLs for peers, and the scaled probe interval;
-4. the replication emulator and the edge, in this process; the edge's port also serves the control
+4. the replication emulator and the edge, in this process; for strong tables whose zone forms an MRSC set,
+   the MRSC emulator too (meridian_local.mrsc), which those regions' strong keys reach through
+   ``MERIDIAN_STRONG_ENDPOINT_URL``; the edge's port also serves the control
    API (``/_meridian/...``) used by ``meridian local ...``, ``meridian down`` and game days, which needs
    the run's control secret (``state.json``, mode 0600); the region processes reach each other through
    ``/_link/<link secret>/...``, a secret only their environment holds.
@@ -42,10 +44,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from infra.render import Plan
+from meridian.strong import STRONG_TABLES
 from meridian_local import backend as backends
 from meridian_local import moto_server
 from meridian_local.applier import Applied, apply
 from meridian_local.edge import Edge
+from meridian_local.mrsc import MrscEmulator, mrsc_tables
 from meridian_local.replicator import Replicator
 from meridian_local.rollout import INITIAL, alarm_rules, release_problem
 from meridian_local.state import write_state
@@ -129,6 +133,7 @@ class Supervisor:
         self.lock = threading.RLock()  # region process states: the watcher and the control API
         self.aws: dict[str, Any] = {"state": "starting"}
         self.hard_losses: list[dict[str, Any]] = []
+        self.mrsc: MrscEmulator | None = None  # strong tables of an MRSC set, on a backend with a table per replica
         self.config_path: str | None = None  # the stack file, for commands that act on the running stack
         self.services_started, self.probe_interval = time.monotonic(), 0.0
         #: Releases (meridian_local.rollout): name -> the env it adds to the task definition's; each region's
@@ -168,6 +173,7 @@ class Supervisor:
         for unsupported in self.applied.unsupported:
             self.log(f"{self.backend.describe() if self.backend else 'the AWS endpoint'} lacks: {unsupported}")
         interval = self.topology.routing.health_check_interval * self.time_scale
+        self.mrsc = self._start_mrsc(endpoint)
         for region, runtime in self.applied.regions.items():
             env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MERIDIAN_"))}
             env |= runtime.environment
@@ -175,9 +181,7 @@ class Supervisor:
             env |= {
                 "MERIDIAN_PEERS": json.dumps({r: f"{self.edge_url}/_link/{self.link_secret}/{region}/{r}" for r in self.topology.regions}),
                 "MERIDIAN_PROBE_INTERVAL": f"{interval:.3f}",
-                # Replication here is emulated and asynchronous: MRSC cannot be kept truthfully, so strong
-                # tables use one owner region per key in every zone (meridian.strong; docs/consistency.md).
-                "MERIDIAN_MRSC": "0",
+                **self._strong_env(region),
             }
             self.base_env[region], self.release_of[region] = dict(env), INITIAL
             self.release_history[region] = [{"release": INITIAL, "at": time.time()}]
@@ -185,13 +189,43 @@ class Supervisor:
             self.regions[region].start()
         self.services_started = time.monotonic()
         self.probe_interval = interval
-        self.replicator = Replicator(self.applied, self.topology, lag=self.lag)
+        # The MRSC tables are written to every reachable replica by the MRSC emulator, never asynchronously.
+        self.replicator = Replicator(self.applied, self.topology, lag=self.lag,
+                                     exclude=frozenset(self.mrsc.tables) if self.mrsc else frozenset())
         if not self.backend.replicas.shared:  # shared replicas: nothing to carry, the emulator stays off
             self.replicator.start()
         self.edge = Edge({r: p.url for r, p in self.regions.items()}, dials=self.applied.dials, health=self.applied.health,
                          time_scale=self.time_scale, latency_scale=self.latency_scale, default_client=self.topology.regions[0])
         self.edge.control_secret, self.edge.link_secret = self.control_secret, self.link_secret
         self.aws = {"state": "serving", "since": time.time()}
+
+    def _start_mrsc(self, endpoint: str) -> MrscEmulator | None:
+        """The MRSC emulator, if a strong table's zone forms an MRSC set and the backend keeps a table per
+        replica (a backend that shares one table is linearizable by itself: nothing to emulate)."""
+        tables = mrsc_tables(self.topology)
+        replicas = self.backend.replicas if self.backend else None
+        if not tables or replicas is None or replicas.shared:
+            return None
+        # self.edge exists before any region serves, hence before the first call reaches the emulator.
+        emulator = MrscEmulator(tables, endpoint=endpoint, client=lambda region: self.backend_client("dynamodb", region),
+                                linked=lambda a, b: self.edge.linked(a, b))
+        emulator.start()
+        self.log(f"MRSC (emulated) at {emulator.url}: {', '.join(sorted(tables))}")
+        return emulator
+
+    def _strong_env(self, region: str) -> dict[str, str]:
+        """The strong keys' mechanism in ``region``: MRSC through the emulator where one of its zones' strong
+        tables is an MRSC set, else one owner region per key (meridian.strong; docs/consistency.md)."""
+        if self.mrsc is None or not any(region in t.replicas for t in self.mrsc.tables.values()):
+            return {"MERIDIAN_MRSC": "0"}
+        return {"MERIDIAN_MRSC": "1", "MERIDIAN_STRONG_ENDPOINT_URL": self.mrsc.url}
+
+    def strong_tables(self) -> dict[str, str]:
+        """Logical strong table -> how the run keeps it strong: ``mrsc`` (emulated) or ``owner`` (region per key)."""
+        emulated = set(self.mrsc.tables) if self.mrsc else set()
+        return {name: "mrsc" if any(self.topology.table_name(name, z.name) in emulated
+                                    for z in self.topology.table_zones(self.topology.table(name))) else "owner"
+                for name in STRONG_TABLES}
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -302,6 +336,8 @@ class Supervisor:
                         "global_accelerator": self.topology.routing.global_accelerator},
             "edge_events": self.edge.events[-50:],
             "replication": self.replicator.status(),
+            "strong_tables": self.strong_tables(),
+            "mrsc": self.mrsc.status() if self.mrsc else None,
             "apply": {"created": self.applied.created, "skipped": self.applied.skipped, "unsupported": self.applied.unsupported},
             "zones": {z.name: list(z.regions) for z in self.topology.zones},
             "tables": self.applied.tables,
@@ -364,8 +400,8 @@ class Supervisor:
         destroyed: list[dict[str, Any]] = []
         for table, replicas in self.applied.tables.items() if self.applied else ():
             survivors = [r for r in replicas if r != region]
-            if region not in replicas or not survivors:
-                continue
+            if region not in replicas or not survivors or (self.mrsc and table in self.mrsc.tables):
+                continue  # an MRSC table's replica holds only what a majority acknowledged (RPO 0): the emulator catches it up
             key_names = [k for k in self.applied.keys[table] if k] if self.applied else []
 
             def scan(where: str, table: str = table, key_names: list[str] = key_names) -> dict[str, dict[str, Any]]:
@@ -580,6 +616,8 @@ class Supervisor:
         self.stopping.set()  # from here, a child that exits is being stopped, not crashing
         if hasattr(self, "replicator"):
             self.replicator.stop()
+        if self.mrsc is not None:
+            self.mrsc.stop()
         with self.lock:
             for proc in self.regions.values():  # SIGTERM to all, then wait for each (SIGKILL after 5 s)
                 if proc.proc and proc.proc.poll() is None:
