@@ -17,12 +17,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(log_path: Path, *, port: int | None = None, timeout: float = 20.0) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``python -m moto.server`` (its request log goes to ``log_path``, not the terminal)."""
+def start(log_path: Path, *, port: int | None = None, timeout: float = 20.0, plain: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """Start moto's server (its request log goes to ``log_path``, not the terminal): through
+    :mod:`meridian_local.moto_main`, which numbers stream records as DynamoDB does, or ``plain`` moto."""
     port = port or free_port()
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "moto.server" if plain else "meridian_local.moto_main", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"

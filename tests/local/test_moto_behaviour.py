@@ -13,6 +13,7 @@ one of these tests fails after a moto upgrade, moto changed: re-measure, then up
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,43 @@ class TestMotoTransactRollback:
         assert not any(r["dynamodb"]["Keys"]["k"]["S"] == "after" for r in old), \
             "iterators survive a cancelled transaction now: moto changed; update ARCHITECTURE.md and this test"
 
+
+
+class TestStreamNumbering:
+    @pytest.mark.parametrize("numbered_in_order", [False, True], ids=["moto", "meridian_local.moto_main"])
+    def test_concurrent_writes_and_stream_sequence_numbers(self, dynamodb: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch,
+                                                           numbered_in_order: bool) -> None:
+        """moto numbers a stream record from the shard's length and appends it after building it: two writes
+        at once (made to meet there by a slow record) get one sequence number, which DynamoDB never gives.
+        The local run's moto (meridian_local.moto_main) numbers and appends under one lock."""
+        from moto.dynamodb.models import table as moto_table
+
+        from meridian_local import moto_main
+
+        client, streams = dynamodb
+        build = moto_table.StreamRecord.__init__
+
+        def slow_record(self: Any, *args: Any, **kwargs: Any) -> None:
+            build(self, *args, **kwargs)
+            time.sleep(0.05)  # the window between numbering and appending, widened
+
+        monkeypatch.setattr(moto_table.StreamRecord, "__init__", slow_record)
+        if numbered_in_order:
+            monkeypatch.setattr(moto_table.StreamShard, "add", moto_main._add_in_order)
+        writers = [threading.Thread(target=client.put_item, kwargs={"TableName": TABLE, "Item": {"k": {"S": f"w{i}"}}}) for i in range(4)]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+        arn = client.describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        numbers = [r["dynamodb"]["SequenceNumber"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+        assert len(numbers) == 4
+        if numbered_in_order:
+            assert len(set(numbers)) == 4 and numbers == sorted(numbers, key=int)
+        else:
+            assert len(set(numbers)) < 4, "moto numbers concurrent stream records uniquely now: moto_main's lock may go"
 
 
 @pytest.mark.slow
