@@ -6,10 +6,13 @@ Starts a 2-region local run (latency injection off) the way the tests do, then, 
 - **service CPU ms per request**: the region process's own CPU time (``/proc/<pid>/stat``, every thread)
   before and after N sequential requests sent straight to it (keep-alive, home region: nothing is
   forwarded), less its idle CPU over the same wall time (peer health probes), measured first;
-- **one bare call**: the CPU ms of one boto3 call of the same kind: the service's own (first) DynamoDB call
-  of the operation, its parameters as the service sent them, replayed by this process with a plain client
-  (the service's retry and timeout settings) against the same moto server, on an item of its own, with a
-  fresh version or id each time; measured in chunks interleaved with the service's requests;
+- **bare calls**: the CPU ms of the operation's DynamoDB calls made by this process with a plain boto3
+  client (the service's retry and timeout settings): the service's own calls, their parameters as the
+  service sent them, replayed against the same moto server on items of their own, with a fresh version
+  or id each time; one call for every operation but a reservation, which makes two (the units, then the
+  record). Also with the service's own client (``own``: no client-side parameter validation), so the
+  share of the ratio that comes from the client's configuration is visible. Measured in chunks
+  interleaved with the service's requests;
 - **DynamoDB calls and request units per request**: counted by a botocore hook on an in-process copy of
   the region's service, built from the region process's own environment (so the same settings,
   topology and keys), sending the same requests after one warm-up request. ``ReturnConsumedCapacity`` is
@@ -64,9 +67,9 @@ OUT = Path(__file__).parent / "results" / "cost_per_request.json"
 OPERATIONS = ("read", "update", "increment", "order", "reserve")
 LABELS = {"read": "read a profile", "update": "update a profile", "increment": "increment a counter",
           "order": "create an order", "reserve": "reserve stock"}
-#: The service's first call of each operation, which the bare call replays with the service's own parameters.
+#: What the service's calls of each operation are, which the bare calls replay with the service's own parameters.
 BARE = {"read": "consistent read of the profile", "update": "conditional SET, ALL_NEW", "increment": "conditional ADD to the shard",
-        "order": "conditional put, ALL_OLD on failure", "reserve": "conditional take of the units"}
+        "order": "conditional put, ALL_OLD on failure", "reserve": "conditional take of the units, then the reservation's record"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -218,11 +221,11 @@ class Bench:
         assert r.status_code == 200, r.text
 
     # -- one bare call of the same kind: the service's own first call of the operation, replayed -----------------
-    def bare_call(self, op: str, operation: str, params: dict[str, Any]) -> Callable[[], Any]:
-        """The call the service made for ``op`` (its parameters as sent), made again with a plain client on an item
-        of its own: a fresh version, order id or reservation id each time, so every conditional write succeeds
-        as the service's did, and the service's items are never touched."""
-        c, clock = self.bare, HLC()
+    def bare_call(self, op: str, operation: str, params: dict[str, Any], client: Any = None) -> Callable[[], Any]:
+        """A call the service made for ``op`` (its parameters as sent), made again with a plain client (or
+        ``client``) on an item of its own: a fresh version, order id or reservation id each time, so every
+        conditional write succeeds as the service's did, and the service's items are never touched."""
+        c, clock = client or self.bare, HLC()
         method = getattr(c, "_".join(w.lower() for w in re.findall(r"[A-Z][a-z]*", operation)))
         base = copy.deepcopy(params)
         if op == "update":
@@ -231,7 +234,7 @@ class Bench:
             c.put_item(TableName=base["TableName"], Item={**item, **base["Key"]})
         elif op == "increment":
             base["Key"] = {**base["Key"], "name": {"S": f"{self.counter}-bare"}}
-        elif op == "reserve":
+        elif op == "reserve" and operation == "UpdateItem":
             base["Key"] = to_item({"sku": f"{self.sku}-bare"})
             c.put_item(TableName=base["TableName"], Item={**base["Key"], "available": {"N": "1000000000"}, "reserved": {"N": "0"}})
 
@@ -242,13 +245,16 @@ class Bench:
             for name in (":v", ":ver"):
                 if name in values:
                     values[name] = version
-            if op == "reserve":
+            if op == "reserve" and operation == "UpdateItem":
                 rid = reservation_id_for(self.user, self.next_key(), HERE)
                 values |= {":id": {"S": rid}, ":ids": {"SS": [rid]}}
             if values:
                 request["ExpressionAttributeValues"] = values
             if op == "order":
                 request["Item"] = {**request["Item"], "order_id": {"S": order_id_for(self.user, self.next_key())}, "version": version}
+            if op == "reserve" and operation == "PutItem":  # the reservation's record
+                rid = reservation_id_for(self.user, self.next_key(), HERE)
+                request["Item"] = {**request["Item"], "reservation_id": {"S": rid}, "version": version}
             return request
 
         return lambda: method(**fresh())
@@ -262,27 +268,35 @@ class Bench:
         time.sleep(seconds)
         return (process_cpu(self.pid) - c0) / (time.monotonic() - w0)
 
-    def measure(self, op: str, bare: Callable[[], Any], idle: float, chunk: int = 50) -> tuple[float, float]:
-        """(service CPU ms per request, bare call CPU ms) over ``n`` of each, interleaved in chunks so that both
-        meet the same moments of this machine's load."""
+    def measure(self, op: str, bares: list[Callable[[], Any]], idle: float, chunk: int = 50) -> tuple[float, ...]:
+        """(service CPU ms per request, then the CPU ms of each of ``bares``: the operation's calls made bare one
+        way or another) over ``n`` of each, interleaved in chunks so that all meet the same moments of this
+        machine's load."""
         for _ in range(5):  # warm: connections, caches
             self.request(op)
-            bare()
-        service_cpu = bare_cpu = 0.0
+            for bare in bares:
+                bare()
+        service_cpu, bare_cpu = 0.0, [0.0] * len(bares)
         done = 0
         while done < self.n:
             k = min(chunk, self.n - done)
-            c0 = time.process_time()
-            for _ in range(k):
-                bare()
-            bare_cpu += time.process_time() - c0
+            for i, bare in enumerate(bares):
+                c0 = time.process_time()
+                for _ in range(k):
+                    bare()
+                bare_cpu[i] += time.process_time() - c0
             c0, w0 = process_cpu(self.pid), time.monotonic()
             for _ in range(k):
                 r = self.request(op)
                 assert r.status_code in (200, 201), r.text
             service_cpu += max(0.0, process_cpu(self.pid) - c0 - idle * (time.monotonic() - w0))
             done += k
-        return service_cpu / self.n * 1000, bare_cpu / self.n * 1000
+        return (service_cpu / self.n * 1000, *(b / self.n * 1000 for b in bare_cpu))
+
+    def bare_request(self, op: str, made: list[tuple[str, dict[str, Any]]], client: Any = None) -> Callable[[], Any]:
+        """Every DynamoDB call of one request of ``op``, made bare in a row."""
+        calls = [self.bare_call(op, operation, params, client) for operation, params in made]
+        return lambda: [call() for call in calls]
 
     def count_calls(self, op: str, requests: int = 20) -> dict[str, Any]:
         """Calls and units per request, from an in-process copy of the region's service (same environment)."""
@@ -308,10 +322,11 @@ class Bench:
         asyncio.run(send())
         kinds = sorted(set(counter.calls))
         per_request = max(1, round(len(counter.calls) / requests))
-        first = counter.requests[-per_request]  # the first call of the last request, as the service sent it
-        first[1].pop("ReturnConsumedCapacity", None)
+        made = counter.requests[-per_request:]  # every call of the last request, as the service sent them
+        for _, params in made:
+            params.pop("ReturnConsumedCapacity", None)
         return {"calls": len(counter.calls) / requests, "kinds": kinds, "moto_units": counter.moto_units / requests,
-                "aws_units": counter.aws_units / requests, "first": first}
+                "aws_units": counter.aws_units / requests, "made": made}
 
 
 def capacity(cpu_ms: float, rps: float = RPS, regions: int = REGIONS) -> dict[str, float]:
@@ -337,33 +352,43 @@ def main(argv: list[str] | None = None) -> int:
         ops = [op for op in OPERATIONS if op in args.only]
         counted = {op: bench.count_calls(op) for op in ops}
         idle = bench.idle_rate()
-        samples: dict[str, list[tuple[float, float]]] = {op: [] for op in ops}
+        samples: dict[str, list[tuple[float, ...]]] = {op: [] for op in ops}
+        service_client = dynamodb_client(bench.settings, endpoint_url=bench.endpoint, **bench.creds)
         for _ in range(args.rounds):
             for op in ops:
                 if op == "reserve":
                     bench.fresh_stock()
-                samples[op].append(bench.measure(op, bench.bare_call(op, *counted[op]["first"]), idle))
+                made = counted[op]["made"]
+                samples[op].append(bench.measure(op, [bench.bare_request(op, made), bench.bare_request(op, made, service_client)], idle))
     finally:
         stop_local(root / "state")
 
     results: dict[str, dict[str, Any]] = {}
     for op in ops:
-        service = statistics.median(s for s, _ in samples[op])
-        bare = statistics.median(b for _, b in samples[op])
-        ratio = statistics.median(s / b for s, b in samples[op])
-        results[op] = {"label": LABELS[op], "service_cpu_ms": round(service, 3), "bare_call": f"{counted[op]['first'][0]} ({BARE[op]})", "bare_call_cpu_ms": round(bare, 3),
-                       "ratio": round(ratio, 2), "dynamodb_calls": counted[op]["calls"], "calls": counted[op]["kinds"],
+        service = statistics.median(s[0] for s in samples[op])
+        bare = statistics.median(s[1] for s in samples[op])
+        own = statistics.median(s[2] for s in samples[op])
+        made = counted[op]["made"]
+        results[op] = {"label": LABELS[op], "service_cpu_ms": round(service, 3),
+                       "bare_calls": " + ".join(f"{operation}" for operation, _ in made) + f" ({BARE[op]})",
+                       "bare_calls_cpu_ms": round(bare, 3), "ratio": round(statistics.median(s[0] / s[1] for s in samples[op]), 2),
+                       "bare_calls_service_client_cpu_ms": round(own, 3),
+                       "ratio_to_service_client": round(statistics.median(s[0] / s[2] for s in samples[op]), 2),
+                       "dynamodb_calls": counted[op]["calls"], "calls": counted[op]["kinds"],
                        "request_units_moto": round(counted[op]["moto_units"], 2), "request_units_aws_rule": round(counted[op]["aws_units"], 2)}
 
     print(f"{args.rounds} rounds x {args.n} requests per operation, one region process of a local run (latency injection off); "
           f"idle CPU of the region subtracted ({idle * 1000:.1f} ms/s)")
-    print(f"{'operation':20} {'service CPU':>11} {'bare call':>9} {'ratio':>6} {'calls':>6} {'RU moto':>8} {'RU rule':>8}  calls made")
+    print(f"{'operation':20} {'service CPU':>11} {'bare':>9} {'ratio':>6} {'own':>9} {'ratio':>6} {'calls':>6} {'RU moto':>8} {'RU rule':>8}  calls made")
     for r in results.values():
-        print(f"{r['label']:20} {r['service_cpu_ms']:8.2f} ms {r['bare_call_cpu_ms']:6.2f} ms {r['ratio']:5.2f}x {r['dynamodb_calls']:6.2f} "
+        print(f"{r['label']:20} {r['service_cpu_ms']:8.2f} ms {r['bare_calls_cpu_ms']:6.2f} ms {r['ratio']:5.2f}x "
+              f"{r['bare_calls_service_client_cpu_ms']:6.2f} ms {r['ratio_to_service_client']:5.2f}x {r['dynamodb_calls']:6.2f} "
               f"{r['request_units_moto']:8.2f} {r['request_units_aws_rule']:8.2f}  {', '.join(r['calls'])}")
-    print("ratio: service CPU per request / CPU of one bare boto3 call of the kind named below, median of the rounds' ratios")
+    print("bare: the CPU of the operation's DynamoDB calls (its parameters as the service sent them) made with a plain boto3 client;\n"
+          "own: the same calls with the service's client (no client-side parameter validation). ratio: service CPU per request / that,\n"
+          "median of the rounds' ratios. Every operation makes one call but reserve, which makes two (the units, then the record).")
     for op, r in results.items():
-        print(f"  {op}: bare call = {r['bare_call']}")
+        print(f"  {op}: {r['bare_calls']}")
 
     mix = {k: v for k, v in DEFAULT_MIX.items() if k in results}
     if len(mix) == len(DEFAULT_MIX):
