@@ -517,16 +517,7 @@ class BodyLimit:
                 await self._refuse(send, 413, "payload_too_large", f"request body is over the {self.limit}-byte limit")
                 return
             more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, _replaying(b"".join(chunks), receive), send)
 
     @staticmethod
     async def _refuse(send: Any, status: int, code: str, message: str) -> None:
@@ -619,7 +610,7 @@ class HotPaths:
 
 
 def _replaying(body: bytes, receive: Any) -> Any:
-    """A ``receive`` that hands ``body`` over once more (it was read to validate it), then the client's."""
+    """A ``receive`` that hands over ``body`` (already read: buffered, or validated) once, then the client's."""
     sent = False
 
     async def replay() -> Any:
