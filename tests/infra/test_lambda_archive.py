@@ -51,12 +51,11 @@ class TestContents:
 
     def test_handlers_import_from_the_archive_alone(self, archive: bytes, tmp_path: Path) -> None:
         """A fresh interpreter with the archive and site-packages only (boto3 and Powertools come from the Lambda
-        runtime and layer); no .pth processing, so the repository's editable install cannot fill a gap."""
+        runtime and layer), in that order on PYTHONPATH, as Lambda puts the function's code first; no site
+        initialisation (-S: no .pth processing), so the repository's editable install cannot fill a gap."""
         zipfile.ZipFile(io.BytesIO(archive)).extractall(tmp_path)
         script = "\n".join([
             "import importlib, sys",
-            f"sys.path.insert(0, {str(tmp_path)!r})",
-            f"sys.path.append({sysconfig.get_paths()['purelib']!r})",
             f"for handler in {HANDLERS!r}:",
             "    module, _, func = handler.rpartition('.')",
             "    assert callable(getattr(importlib.import_module(module), func)), handler",
@@ -66,7 +65,9 @@ class TestContents:
             "print(len(ours))",
         ])
         env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-        result = subprocess.run([sys.executable, "-I", "-S", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), sysconfig.get_paths()["purelib"]])
+        result = subprocess.run([sys.executable, "-s", "-S", "-c", script], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=120)
         assert result.returncode == 0, result.stderr
         assert int(result.stdout) >= 10
 

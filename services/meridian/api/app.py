@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -1145,8 +1146,6 @@ def dynamodb_client(settings: Settings, **kwargs: Any) -> Any:
 
 def app_from_env() -> FastAPI:
     """The ASGI app uvicorn runs in each region: ``uvicorn --factory meridian.api.app:app_from_env``."""
-    import os
-
     settings = Settings.from_env()
     store = Store(client=dynamodb_client(settings), topology=settings.topology, region=settings.region)
     strong_endpoint = os.environ.get("MERIDIAN_STRONG_ENDPOINT_URL")  # never set on AWS: MRSC is DynamoDB's own there
