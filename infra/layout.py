@@ -22,6 +22,7 @@ HEALTH_CHECKER_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-1")
 
 #: The DynamoDB actions the service issues (see meridian.store); the task role allows these and no more.
 SERVICE_TABLE_ACTIONS = (
+    "dynamodb:ConditionCheckItem",
     "dynamodb:DescribeTable",
     "dynamodb:GetItem",
     "dynamodb:PutItem",

@@ -26,11 +26,16 @@ from meridian.topology import Topology
 
 __all__ = ["SCHEMA", "IdempotencyMismatch", "ResidencyViolation", "Store", "StoreError", "UserExists", "UserRecord", "order_id_for", "order_request_hash"]
 
-#: The DynamoDB API calls this module makes -> the IAM action each needs. The task role
-#: (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these. No TransactWriteItems: a transaction costs
-#: two writes per item on AWS, and moto's rollback of a cancelled one erases concurrent writes.
-CALLS = {"DescribeTable": "DescribeTable", "GetItem": "GetItem", "PutItem": "PutItem", "Query": "Query",
-         "UpdateItem": "UpdateItem"}
+#: The DynamoDB API calls the service makes -> the IAM actions each needs. The task role
+#: (infra.layout.SERVICE_TABLE_ACTIONS) allows exactly these. Transactions only for the strong keys under
+#: the owner mechanism (meridian.strong): a transaction costs two writes per item on AWS.
+CALLS: dict[str, tuple[str, ...]] = {
+    "DescribeTable": ("DescribeTable",), "GetItem": ("GetItem",), "PutItem": ("PutItem",), "Query": ("Query",),
+    "UpdateItem": ("UpdateItem",),
+    # The strong keys under the owner mechanism (meridian.strong): IAM has no action of a transaction's own;
+    # it needs the actions of what the transaction does (a ConditionCheck of the map, puts and updates).
+    "TransactWriteItems": ("ConditionCheckItem", "PutItem", "UpdateItem"), "TransactGetItems": ("GetItem",),
+}
 #: How many of a user's orders a listing reads before sorting them by time.
 MAX_ORDERS_READ = 1000
 

@@ -163,6 +163,75 @@ class TestAtomicWrites:
             assert value < 4, "moto applies concurrent updates of one item atomically now: moto_main's write lock may go"
 
 
+class TestTransactions:
+    """The local run's TransactWriteItems (meridian_local.moto_main): DynamoDB's documented semantics, without
+    moto's copy of every touched table."""
+
+    @pytest.fixture
+    def client(self, dynamodb: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+        from meridian_local import moto_main
+
+        monkeypatch.setattr(DynamoDBBackend, "transact_write_items", moto_main._atomic(moto_main._transact_write_items))
+        client, _ = dynamodb
+        client.put_item(TableName=TABLE, Item={"k": {"S": "a"}, "n": {"N": "1"}})
+        return client
+
+    @staticmethod
+    def item(client: Any, key: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = client.get_item(TableName=TABLE, Key={"k": {"S": key}}).get("Item")
+        return found
+
+    def test_all_applied_together(self, client: Any) -> None:
+        client.transact_write_items(TransactItems=[
+            {"ConditionCheck": {"TableName": TABLE, "Key": {"k": {"S": "a"}}, "ConditionExpression": "n = :one",
+                                "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+            {"Put": {"TableName": TABLE, "Item": {"k": {"S": "b"}, "n": {"N": "2"}}}},
+            {"Update": {"TableName": TABLE, "Key": {"k": {"S": "c"}}, "UpdateExpression": "ADD n :one",
+                        "ExpressionAttributeValues": {":one": {"N": "1"}}}}])
+        assert self.item(client, "b") == {"k": {"S": "b"}, "n": {"N": "2"}} and self.item(client, "c") == {"k": {"S": "c"}, "n": {"N": "1"}}
+
+    def test_a_failed_condition_cancels_everything_with_its_reason_and_old_item(self, client: Any) -> None:
+        from botocore.exceptions import ClientError
+
+        with pytest.raises(ClientError) as raised:
+            client.transact_write_items(TransactItems=[
+                {"Put": {"TableName": TABLE, "Item": {"k": {"S": "b"}, "n": {"N": "2"}}}},
+                {"Update": {"TableName": TABLE, "Key": {"k": {"S": "a"}}, "UpdateExpression": "SET n = :two",
+                            "ConditionExpression": "n = :two", "ExpressionAttributeValues": {":two": {"N": "2"}},
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}}])
+        reasons = raised.value.response["CancellationReasons"]
+        assert raised.value.response["Error"]["Code"] == "TransactionCanceledException"
+        assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
+        assert reasons[1]["Item"] == {"k": {"S": "a"}, "n": {"N": "1"}}
+        assert self.item(client, "b") is None and self.item(client, "a") == {"k": {"S": "a"}, "n": {"N": "1"}}
+
+    def test_an_action_failing_while_applied_leaves_nothing_and_no_stream_record(self, client: Any, dynamodb: tuple[Any, Any]) -> None:
+        from botocore.exceptions import ClientError
+
+        _, streams = dynamodb
+        arn = client.describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+
+        def records() -> int:
+            it = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            return len(streams.get_records(ShardIterator=it)["Records"])
+
+        before = records()
+        with pytest.raises(ClientError) as raised:  # conditions pass; the update then adds a number to a string
+            client.transact_write_items(TransactItems=[
+                {"Update": {"TableName": TABLE, "Key": {"k": {"S": "a"}}, "UpdateExpression": "SET n = :nine",
+                            "ExpressionAttributeValues": {":nine": {"N": "9"}}}},
+                {"Put": {"TableName": TABLE, "Item": {"k": {"S": "b"}, "s": {"S": "x"}}}},
+                {"Update": {"TableName": TABLE, "Key": {"k": {"S": "z"}}, "UpdateExpression": "SET s = :x",
+                            "ExpressionAttributeValues": {":x": {"S": "x"}}}},
+                {"Update": {"TableName": TABLE, "Key": {"k": {"S": "y"}}, "UpdateExpression": "SET s = :x ADD s :one",
+                            "ExpressionAttributeValues": {":x": {"S": "x"}, ":one": {"N": "1"}}}}])
+        assert raised.value.response["Error"]["Code"] in ("TransactionCanceledException", "ValidationException")
+        assert self.item(client, "a") == {"k": {"S": "a"}, "n": {"N": "1"}}
+        assert self.item(client, "b") is None and self.item(client, "z") is None and self.item(client, "y") is None
+        assert records() == before
+
+
 @pytest.mark.slow
 def test_cancelled_transactions_erase_concurrent_writes_on_the_server(tmp_path: Path) -> None:
     """Measured the way the attack met it, on moto's own server (the local run's, meridian_local.moto_main, now

@@ -169,10 +169,10 @@ class TestMrsc:
         rings = {f"{n}_key": KEYS[n] for n in ("session", "peer", "user", "operator")}
         settings = Settings(region="us-west-2", topology=topology, claim_key=b"c" * 32, **rings)
         service = Service(settings, Store(client=object(), topology=topology, region="us-west-2"))
-        assert service.strong_owner("stock", "any") is None
+        assert service.strong_owner("any") is None and not service.strong.fenced
         local = Service(Settings(region="us-west-2", topology=topology, claim_key=b"c" * 32, mrsc=False, **rings),
                         Store(client=object(), topology=topology, region="us-west-2"))
-        assert local.strong_owner("stock", "any") == owner_region("any", topology.regions)
+        assert local.strong.fenced  # no MRSC emulation running: the owner mechanism, fenced
 
     def test_replicated_write_conflict_is_retried_then_refused(self) -> None:
         topology = load_topology({"regions": ["us-east-1", "us-east-2", "us-west-2"]}, stack="us")
@@ -187,11 +187,14 @@ class TestMrsc:
                 self.calls += 1
                 if self.calls <= self.failures:
                     raise ClientError({"Error": {"Code": "ReplicatedWriteConflictException", "Message": "x"}}, "UpdateItem")
-                return {"Attributes": {"sku": {"S": "s"}, "available": {"N": "3"}, "reserved": {"N": "0"}}}
+                return {}
+
+            def get_item(self, **_: Any) -> dict[str, Any]:
+                return {"Item": {"sku": {"S": "s"}, "available": {"N": "3"}, "reserved": {"N": "0"}}}
 
         client = Conflicting(2)
-        assert StrongStore(Store(client=client, topology=topology, region="us-east-1")).set_stock("s", 3)["available"] == 3
+        assert StrongStore(Store(client=client, topology=topology, region="us-east-1"), fenced=False).set_stock("s", 3)["available"] == 3
         assert client.calls == 3
         with pytest.raises(ConsistencyUnavailable):
-            StrongStore(Store(client=Conflicting(99), topology=topology, region="us-east-1")).set_stock("s", 3)
+            StrongStore(Store(client=Conflicting(99), topology=topology, region="us-east-1"), fenced=False).set_stock("s", 3)
         assert issubclass(ConsistencyUnavailable, RuntimeError) and not issubclass(ConsistencyUnavailable, StoreError)

@@ -58,10 +58,12 @@ from meridian.strong import (
     OutOfStock,
     StrongStore,
     claim_key,
-    owner_region,
+    home_owner,
     reservation_id_for,
 )
 
+#: Skus the API refuses: the stock table's own items (the ownership map, meridian.ownership) start with it.
+RESERVED_SKU_PREFIX = "__meridian"
 REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
 FAILOVER_HEADER = "X-Meridian-Failover"
@@ -257,7 +259,7 @@ class Service:
         self.nonces = NonceCache()
         # The strong keys' calls: the same store, or (the local run's MRSC emulation) one whose client
         # reaches DynamoDB through the emulator (MERIDIAN_STRONG_ENDPOINT_URL; meridian_local.mrsc).
-        self.strong = StrongStore(strong_store or store)
+        self.strong = StrongStore(strong_store or store, fenced=self._strong_mechanism() != "mrsc")
         self._ready: tuple[float, list[str]] = (0.0, [])
         self._directory: dict[str, tuple[str, str]] = {}
         self._tokens: dict[str, tuple[str, float]] = {}
@@ -384,14 +386,23 @@ class Service:
                         "so it was not sent to another region; check its effect before repeating it")
 
     # -- strong keys (meridian.strong) ------------------------------------------------------------------
-    def strong_owner(self, table: str, key: str) -> str | None:
+    def _strong_mechanism(self) -> str:
+        """``mrsc`` where the strong tables are an MRSC set (and, locally, its emulation runs), else ``owner``."""
+        mechanism = self.topology.mechanism(self.topology.table("stock"), self.topology.global_zone)
+        return "mrsc" if mechanism == "mrsc" and self.settings.mrsc else "owner"
+
+    def strong_owner(self, key: str) -> str | None:
         """The region that must execute a strong write or read of ``key``: None where every region may
-        (MRSC), else the key's owner region."""
-        zone = self.topology.global_zone
-        mechanism = self.topology.mechanism(self.topology.table(table), zone)
-        if mechanism == "mrsc" and self.settings.mrsc:
+        (MRSC), else the key's owner region under this region's ownership map (meridian.ownership)."""
+        if not self.strong.fenced:
             return None
-        return owner_region(key, zone.regions)
+        return self.strong.owner(key)
+
+    async def strong_owner_async(self, key: str) -> str | None:
+        """:meth:`strong_owner`, off the event loop when the map must be read again."""
+        if self.strong.map_fresh():
+            return self.strong_owner(key)
+        return await asyncio.to_thread(self.strong_owner, key)
 
     async def peer_request(self, target: str, method: str, path: str, payload: dict[str, Any]) -> httpx.Response:
         """A signed call of this region's own making (not a client's request forwarded)."""
@@ -833,7 +844,7 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         409 ``email_taken`` if another account holds it, 503 ``consistency_unavailable`` if the owner
         cannot be reached (no account is created then)."""
         claim = claim_key(email, service.settings.claim_key)
-        owner = service.strong_owner("claims", claim)
+        owner = await service.strong_owner_async(claim)
         if owner is None or owner == region:
             await asyncio.to_thread(service.strong.claim, claim, user_id)
             return
@@ -1019,7 +1030,7 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         and no answer came (it may have executed: the same Idempotency-Key again answers what was done)."""
         if await peer_call(request, body) is not None:
             return None
-        owner = service.strong_owner(table, key)
+        owner = await service.strong_owner_async(key)
         if owner is None or owner == region:
             return None
         try:
@@ -1043,8 +1054,8 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
             raise ApiError(403, "forbidden", "not the operator key")
 
     def check_sku(sku: str) -> None:
-        if not 1 <= len(sku) <= 128 or _CONTROL.search(sku):
-            raise ApiError(400, "invalid_sku", "a sku is 1-128 characters, without control characters")
+        if not 1 <= len(sku) <= 128 or _CONTROL.search(sku) or sku.startswith(RESERVED_SKU_PREFIX):
+            raise ApiError(400, "invalid_sku", f"a sku is 1-128 characters, without control characters, not starting with {RESERVED_SKU_PREFIX}")
 
     @app.put("/v1/stock/{sku}", response_model=Stock, dependencies=USER_AUTH, responses=errors(400, 401, 403, 413, 422, 503, 504))
     async def set_stock(request: Request, sku: SkuName, payload: StockLevel) -> Response:
@@ -1075,11 +1086,11 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         authorize(request, user_id)
         if not _KEY.match(idempotency_key):
             raise ApiError(400, "idempotency_key_required", IDEMPOTENCY_KEY_RULE)
+        check_sku(payload.sku)
         body = await request.body()
         if (forwarded := await at_owner(request, body, "stock", payload.sku)) is not None:
             return forwarded
-        owner = service.strong_owner("stock", payload.sku) or region
-        rid = reservation_id_for(user_id, idempotency_key, owner)
+        rid = reservation_id_for(user_id, idempotency_key, home_owner(payload.sku, service.topology.global_zone.regions))
         try:
             reservation, created = await asyncio.to_thread(service.strong.reserve, user_id, payload.sku, payload.quantity, rid)
         except IdempotencyMismatch as exc:
@@ -1097,15 +1108,20 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
             raise ApiError(404, "not_found", f"no reservation {reservation_id!r}") from None
         if parsed.prefix != "rsv" or parsed.region not in service.topology.regions:
             raise ApiError(404, "not_found", f"no reservation {reservation_id!r}")
-        # The id ends with the owner region of its sku: release there (or here, under MRSC).
-        if await peer_call(request, b"") is None and parsed.region != region and service.strong_owner("stock", reservation_id) is not None:
-            try:
-                return await service.forward(request, b"", [parsed.region], failover=False, idempotent=True)
-            except ApiError as exc:
-                if exc.status == 503:
-                    raise ApiError(503, "consistency_unavailable", f"{parsed.region} holds this reservation and cannot be "
-                                   f"reached ({exc.message}); retry", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
-                raise
+        # Released where its sku is owned now (or here, under MRSC). The record names the sku (which never
+        # changes, so this region's replica may be read); a record not here yet is asked of the region its id
+        # ends with, the sku's home owner, which holds it whenever it owns the sku.
+        if await peer_call(request, b"") is None and service.strong.fenced:
+            sku = await asyncio.to_thread(service.strong.sku_of, reservation_id)
+            target = await service.strong_owner_async(sku) if sku is not None else parsed.region
+            if target is not None and target != region:
+                try:
+                    return await service.forward(request, b"", [target], failover=False, idempotent=True)
+                except ApiError as exc:
+                    if exc.status == 503:
+                        raise ApiError(503, "consistency_unavailable", f"{target} holds this reservation and cannot be "
+                                       f"reached ({exc.message}); retry", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+                    raise
         reservation = await asyncio.to_thread(service.strong.reservation, reservation_id)
         if reservation is None or reservation.user_id != user_id:
             raise ApiError(404, "not_found", f"no reservation {reservation_id!r}")
