@@ -251,6 +251,10 @@ class StrongStore:
                     continue  # fenced: the map moved; read it again
                 for index, reason in enumerate(reasons[1:]):
                     if reason.get("Code") == "ConditionalCheckFailed":
+                        old = reason.get("Item") or {}
+                        if int(old.get("epoch", {}).get("N", "0")) > current.epoch:
+                            raise NotOwner(f"{key!r} was written under epoch {old['epoch']['N']}, after this region's "
+                                           f"{current.epoch}; retry") from None
                         raise _ConditionFailed(index, reason.get("Item")) from None
                 if "TransactionConflict" in codes and attempt < CONFLICT_RETRIES:
                     time.sleep(0.005 * 2**attempt)
@@ -389,6 +393,7 @@ def _with_epoch(action: dict[str, Any], epoch: int) -> dict[str, Any]:
     guard = "(attribute_not_exists(epoch) OR epoch <= :item_epoch)"
     spec["ConditionExpression"] = f"({spec['ConditionExpression']}) AND {guard}" if "ConditionExpression" in spec else guard
     spec["ExpressionAttributeValues"] = values
+    spec.setdefault("ReturnValuesOnConditionCheckFailure", "ALL_OLD")  # to tell a newer epoch from the action's own condition
     if kind == "Put":
         spec["Item"] = {**spec["Item"], "epoch": {"N": str(epoch)}}
     elif kind == "Update":
