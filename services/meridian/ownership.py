@@ -50,11 +50,18 @@ from botocore.exceptions import BotoCoreError, ClientError
 from meridian.hlc import HLC, Version
 from meridian.topology import Topology
 
-__all__ = ["MAP_KEY", "MAP_TTL_SECONDS", "HandoverError", "HandoverReport", "OwnershipMap", "home_owner", "owner_region",
+__all__ = ["MAP_PREFIX", "MAP_TTL_SECONDS", "map_key", "HandoverError", "HandoverReport", "OwnershipMap", "home_owner", "owner_region",
            "read_map", "handover"]
 
-#: The map's key in the ``stock`` table (the API refuses skus starting with ``__meridian``).
-MAP_KEY = "__meridian_ownership__"
+#: The maps' keys in the ``stock`` table: one per region, ``__meridian_ownership__#<region>``, which only that
+#: region's tasks check (the API refuses skus starting with ``__meridian``). Per region, so that the fence of
+#: one region, replicated everywhere as every item is, fences no other.
+MAP_PREFIX = "__meridian_ownership__#"
+
+
+def map_key(region: str) -> dict[str, Any]:
+    """The key of ``region``'s map item."""
+    return {"sku": {"S": f"{MAP_PREFIX}{region}"}}
 #: How stale a task's copy of the map may be before it reads it again from its own replica.
 MAP_TTL_SECONDS = 2.0
 ACTIVE, FENCING = "active", "fencing"
@@ -100,11 +107,12 @@ class OwnershipMap:
         return "epoch = :map_epoch AND #map_state = :map_active", {
             ":map_epoch": {"N": str(self.epoch)}, ":map_active": {"S": ACTIVE}}
 
-    def to_item(self, region: str) -> dict[str, Any]:
-        item: dict[str, Any] = {"sku": {"S": MAP_KEY}, "epoch": {"N": str(self.epoch)}, "state": {"S": self.state},
+    def to_item(self, region: str, origin: str) -> dict[str, Any]:
+        """``region``'s map item, the same in every replica it is written to (``origin``: the region whose
+        replica the local replication emulation copies it from, as it copies every item from its writer)."""
+        item: dict[str, Any] = {**map_key(region), "epoch": {"N": str(self.epoch)}, "state": {"S": self.state},
                                 "excluded": {"L": [{"S": r} for r in self.excluded]}, "version": {"S": self.version},
-                                "previous": {"L": [{"S": r} for r in self.previous]},
-                                "origin_region": {"S": region}, "at": {"N": str(int(time.time() * 1000))}}
+                                "previous": {"L": [{"S": r} for r in self.previous]}, "origin_region": {"S": origin}}
         return item
 
     @classmethod
@@ -120,9 +128,9 @@ class OwnershipMap:
         return f"epoch {self.epoch} ({self.state}), excluded: {out}"
 
 
-def read_map(client: Any, table: str) -> OwnershipMap:
-    """The map in one region's replica (strongly consistent there)."""
-    item = client.get_item(TableName=table, Key={"sku": {"S": MAP_KEY}}, ConsistentRead=True).get("Item")
+def read_map(client: Any, table: str, region: str) -> OwnershipMap:
+    """``region``'s map in its own replica (strongly consistent there): what its tasks are fenced by."""
+    item = client.get_item(TableName=table, Key=map_key(region), ConsistentRead=True).get("Item")
     return OwnershipMap.from_item(item)
 
 
@@ -176,7 +184,7 @@ def handover(topology: Topology, client: Callable[[str], Any], *, exclude: Colle
     maps: dict[str, OwnershipMap] = {}
     for region in regions:
         try:
-            maps[region] = read_map(client(region), table)
+            maps[region] = read_map(client(region), table, region)
         except (BotoCoreError, ClientError) as exc:
             say(f"{region}: map unreadable ({type(exc).__name__})")
     if not maps:
@@ -208,7 +216,7 @@ def handover(topology: Topology, client: Callable[[str], Any], *, exclude: Colle
             raise HandoverError(f"{region}'s replica cannot be reached, so it cannot be fenced: nothing moved; its keys stay "
                                 "with it (refused while it is down) until it answers")
         try:
-            client(region).put_item(TableName=table, Item=nxt.to_item(region),
+            client(region).put_item(TableName=table, Item=nxt.to_item(region, region),
                                     ConditionExpression="attribute_not_exists(epoch) OR epoch < :e OR (epoch = :e AND #s = :f)",
                                     ExpressionAttributeNames={"#s": "state"},
                                     ExpressionAttributeValues={":e": {"N": str(nxt.epoch)}, ":f": {"S": FENCING}})
@@ -230,7 +238,7 @@ def handover(topology: Topology, client: Callable[[str], Any], *, exclude: Colle
         for logical, (hash_key, attr) in OWNED_BY.items():
             for item in _scan(client(region), names[logical], region):
                 key_value = item.get(attr, {}).get("S")
-                if key_value is None or key_value == MAP_KEY or "version" not in item:
+                if key_value is None or key_value.startswith(MAP_PREFIX) or "version" not in item:
                     continue
                 owner = nxt.owner(key_value, regions)
                 if owner == region:
@@ -255,19 +263,21 @@ def handover(topology: Topology, client: Callable[[str], Any], *, exclude: Colle
 
     # 3. Publish: active, everywhere reachable (the rest gets it by replication, newer than the fence).
     active = report.after = OwnershipMap(nxt.epoch, nxt.excluded, ACTIVE, _stamp(clock), nxt.previous)
-    for region in regions:
+    origin = next(r for r in regions if r in maps)
+    for region in regions:  # every region's map into every replica: one that cannot be reached gets its own by replication
         try:
-            client(region).put_item(TableName=table, Item=active.to_item(region),
-                                    ConditionExpression="attribute_not_exists(epoch) OR epoch < :e OR (epoch = :e AND #s = :f)",
-                                    ExpressionAttributeNames={"#s": "state"},
-                                    ExpressionAttributeValues={":e": {"N": str(active.epoch)}, ":f": {"S": FENCING}})
+            db = client(region)
+            for subject in regions:
+                try:
+                    db.put_item(TableName=table, Item=active.to_item(subject, origin),
+                                ConditionExpression="attribute_not_exists(epoch) OR epoch < :e OR (epoch = :e AND #s = :f)",
+                                ExpressionAttributeNames={"#s": "state"},
+                                ExpressionAttributeValues={":e": {"N": str(active.epoch)}, ":f": {"S": FENCING}})
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                        raise  # else already active at this epoch (a rerun)
             report.published += (region,)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                report.published += (region,)  # already active at this epoch (a rerun)
-            else:
-                report.unpublished += (region,)
-        except BotoCoreError:
+        except (BotoCoreError, ClientError):
             report.unpublished += (region,)
     report.steps.append(f"published epoch {active.epoch} in {', '.join(report.published)}"
                         + (f"; {', '.join(report.unpublished)} will get it by replication" if report.unpublished else ""))

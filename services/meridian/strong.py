@@ -45,7 +45,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from meridian.ids import derived_id
-from meridian.ownership import FENCING, MAP_KEY, MAP_TTL_SECONDS, OwnershipMap, home_owner, owner_region
+from meridian.ownership import FENCING, MAP_TTL_SECONDS, OwnershipMap, home_owner, map_key, owner_region
 from meridian.store import IdempotencyMismatch, Store, StoreError, from_item, to_item
 
 __all__ = ["STRONG_TABLES", "ConsistencyUnavailable", "EmailTaken", "NotOwner", "OutOfStock", "Reservation", "StrongStore",
@@ -146,7 +146,7 @@ class StrongStore:
         if not self.fenced:
             return OwnershipMap()
         if fresh or self._map is None or time.monotonic() - self._map_read > self.map_ttl:
-            item = self._call("get_item", TableName=self._table("stock"), Key={"sku": {"S": MAP_KEY}}, ConsistentRead=True).get("Item")
+            item = self._call("get_item", TableName=self._table("stock"), Key=map_key(self.store.region), ConsistentRead=True).get("Item")
             self._map, self._map_read = OwnershipMap.from_item(item), time.monotonic()
         return self._map
 
@@ -160,6 +160,8 @@ class StrongStore:
     def _owned(self, key: str, *, fresh: bool = False) -> OwnershipMap:
         """The map under which this region owns ``key``; else NotOwner (a handover moved it or moves it)."""
         current = self.ownership(fresh=fresh)
+        if not fresh and (current.state == FENCING or current.owner(key, self.regions) != self.store.region):
+            current = self.ownership(fresh=True)  # a copy older than a handover that gave us the key: read it again
         if current.state == FENCING:
             raise NotOwner(f"ownership of the strong keys is being handed over from {self.store.region} "
                            f"(epoch {current.epoch}); retry in a few seconds")
@@ -200,7 +202,7 @@ class StrongStore:
             return from_item(item) if item else None
         for attempt in range(2):
             responses = self._call("transact_get_items", TransactItems=[
-                {"Get": {"TableName": self._table("stock"), "Key": {"sku": {"S": MAP_KEY}}}},
+                {"Get": {"TableName": self._table("stock"), "Key": map_key(self.store.region)}},
                 {"Get": {"TableName": self._table(logical), "Key": to_item(key)}}])["Responses"]
             seen = OwnershipMap.from_item(responses[0].get("Item"))
             raw = responses[1].get("Item")
@@ -235,7 +237,7 @@ class StrongStore:
         for attempt in range(CONFLICT_RETRIES + 1):
             current = self._owned(key, fresh=attempt > 0)
             condition, values = current.condition()
-            check: dict[str, Any] = {"TableName": self._table("stock"), "Key": {"sku": {"S": MAP_KEY}}, "ConditionExpression": condition}
+            check: dict[str, Any] = {"TableName": self._table("stock"), "Key": map_key(self.store.region), "ConditionExpression": condition}
             if values:
                 check |= {"ExpressionAttributeValues": values, "ExpressionAttributeNames": {"#map_state": "state"}}
             items = [{"ConditionCheck": check}, *(_with_epoch(action, current.epoch) for action in actions)]

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands that live beside the parts they drive (plan, local run, game day, evacuation)."""
-    from meridian_cli import capacity, commands, cost, evacuate, keys, local_cmds, plan, rollout  # noqa: F401  (importing registers the subcommands)
+    from meridian_cli import capacity, commands, cost, evacuate, keys, local_cmds, ownership_cmd, plan, rollout  # noqa: F401  (importing registers the subcommands)
 
     return commands.REGISTRY
 

@@ -179,8 +179,10 @@ class GameDay:
         shared = bool((state.get("backend") or {}).get("shared"))  # one table behind every replica: nothing to partition
         self.phase("oversell")
         t0 = time.time()
+        status = await self.ctl("GET", "status")
+        owner_mechanism = (status.get("strong_tables") or {}).get("stock", "owner") == "owner"
         result = await oversell.run(self.state_dir, topology, units=80, per_phase=6, settle=max(1.0, self.phase_seconds / 2),
-                                    mark=self.mark, partition=not shared)
+                                    mark=self.mark, partition=not shared, owner_mechanism=owner_mechanism)
         self.metrics["oversell"] = result.summary()
         self.windows.append({"scenario": "oversell", "fault_at": t0, "heal_at": time.time(), "end": None})
         self.phase("after")

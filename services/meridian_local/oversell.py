@@ -12,9 +12,12 @@ Reported: the share of attempts not served (503 ``consistency_unavailable``: the
 phase, per client region.
 
 Phases: ``before`` (all healthy), ``partition`` (the owner cut from one region), ``region-loss`` (a region
-that is not the owner down; its clients are served by the others), ``owner-loss`` (the owner itself down:
-its keys are unavailable everywhere until it returns — ownership does not move, see docs/consistency.md),
-``after`` (healed).
+that is not the owner down; its clients are served by the others), ``owner-loss`` (the owner itself down,
+with its storage: its keys are unavailable everywhere until it returns — a handover cannot fence a replica
+that does not answer, so ownership does not move; the scenario shows the handover refusing), then, on the
+owner mechanism, the planned move: ``handover`` (reservations while ``meridian ownership move-from`` fences
+the owner, waits for its writes to reach the new owner and publishes), ``moved`` (the new owner serves
+every region), ``return`` (reservations while ownership comes back), ``after`` (healed).
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ import boto3
 import httpx
 
 from meridian.keys import KeyRing
-from meridian.strong import owner_region
+from meridian.ownership import HandoverError, handover, owner_region
 from meridian.topology import Topology
-from meridian_local.state import control, read_state
+from meridian_local.state import control, dynamodb_clients, read_state
 
 
 @dataclass
@@ -53,6 +56,8 @@ class OversellResult:
     owner: str = ""  # the sku's owner region
     cut: str = ""  # the region partitioned from it
     lost: str = ""  # the region lost (not the owner)
+    #: the handovers the scenario ran or tried: (phase, what happened)
+    handovers: list[tuple[str, str]] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
     available: int = -1
     reserved: int = -1
@@ -101,6 +106,7 @@ class OversellResult:
         statuses = Counter(str(a.status) for a in self.attempts)
         return {"pass": not problems, "value": len(problems), "unit": "broken strong-key promises", "examples": problems,
                 "units": self.units, "owner": self.owner, "cut": self.cut, "lost": self.lost,
+                "handovers": [{"phase": phase, "outcome": outcome} for phase, outcome in self.handovers],
                 "acknowledged": len(self.acknowledged), "available": self.available, "reserved": self.reserved,
                 "answers": dict(statuses), "refused_share": self.refused_share(),
                 "answers_by_phase": {phase: {place: dict(Counter(str(a.status) for a in self.attempts if (a.phase, a.place) == (phase, place)))
@@ -129,11 +135,13 @@ def operator_token(state_dir: Path, topology: Topology) -> str:
 
 
 async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase: int = 8, settle: float = 3.0,
-              emails_per_phase: int = 2, mark: Callable[[str], None] | None = None, partition: bool = True) -> OversellResult:
+              emails_per_phase: int = 2, mark: Callable[[str], None] | None = None, partition: bool = True,
+              owner_mechanism: bool = True) -> OversellResult:
     """The phases of the module docstring. Each phase: ``per_phase`` reservations from every client region
     at once, beside ``emails_per_phase`` new emails each sent from every region at once. ``mark`` is told
     when each fault starts and heals (the game day's timeline). ``partition=False`` leaves the partition
-    phase out (a backend whose replicas share one table: the replicas cannot be cut apart)."""
+    phase out (a backend whose replicas share one table: the replicas cannot be cut apart);
+    ``owner_mechanism=False`` (an MRSC set: no owner to move) the handover phases."""
     state = read_state(state_dir) or {}
     mark = mark or (lambda _label: None)
     sku = f"oversell-{time.time_ns()}"
@@ -213,11 +221,45 @@ async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase
                     return
                 await asyncio.sleep(0.2)
 
+        def hand_over(phase: str, exclude: list[str]) -> None:
+            try:
+                report = handover(topology, dynamodb_clients(state_dir), exclude=exclude, timeout=30.0)
+                result.handovers.append((phase, "; ".join(report.steps)))
+            except HandoverError as exc:
+                result.handovers.append((phase, f"refused: {exc}"))
+
+        async def owner_lost_and_handover_refused() -> None:
+            control(state_dir, "POST", f"fail/{owner}", {})
+            mark(f"oversell: owner {owner} lost")
+            try:
+                await edge_sees(owner, healthy=False)
+                await asyncio.sleep(settle)
+                await asyncio.to_thread(hand_over, "owner-loss", [owner])  # its replica does not answer: refused
+                await burst("owner-loss")
+            finally:
+                control(state_dir, "POST", "heal", {"region": owner})
+                mark(f"heal oversell: owner {owner} lost")
+            await healed()
+            await asyncio.sleep(settle)
+
+        async def moved_and_back() -> None:
+            """A planned move: reservations while the owner is fenced and its writes cross, then with the new
+            owner serving, then while ownership comes back."""
+            mark(f"oversell: ownership moves from {owner}")
+            await asyncio.gather(asyncio.to_thread(hand_over, "handover", [owner]), burst("handover"))
+            await burst("moved")
+            mark(f"oversell: ownership returns to {owner}")
+            await asyncio.gather(asyncio.to_thread(hand_over, "return", []), burst("return"))
+
         await burst("before")
         if partition:
             await fault("partition", f"oversell: partition {owner}|{others[0]}", "partition", {"a": owner, "b": others[0]}, {})
         await fault("region-loss", f"oversell: {others[-1]} lost", f"fail/{others[-1]}", {}, {"region": others[-1]})
-        await fault("owner-loss", f"oversell: owner {owner} lost", f"fail/{owner}", {}, {"region": owner})
+        if owner_mechanism:
+            await owner_lost_and_handover_refused()
+            await moved_and_back()
+        else:
+            await fault("owner-loss", f"oversell: owner {owner} lost", f"fail/{owner}", {}, {"region": owner})
         await burst("after")
     aws = {"endpoint_url": state["aws_endpoint"], "aws_access_key_id": "meridian-local", "aws_secret_access_key": "meridian-local"}
     client = boto3.client("dynamodb", region_name=owner, **aws)

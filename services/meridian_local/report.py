@@ -308,9 +308,13 @@ def strong_section(result: dict[str, Any] | None) -> str:
         + ("Every promise held." if result["pass"] else "BROKEN: " + "; ".join(result["examples"][:3])),
         "",
         "The price of the guarantee (the CP choice): share of attempts not served (503 `consistency_unavailable`), per phase and "
-        "client region, measured once the edge has failed a lost region's clients over. While the owner is lost its keys are "
-        "refused everywhere: ownership does not move (docs/consistency.md).",
+        "client region, measured once the edge has failed a lost region's clients over. While the owner is lost with its storage "
+        "its keys are refused everywhere: a handover cannot fence a replica that does not answer, so ownership does not move. "
+        "A planned move (`meridian ownership move-from`) fences the owner in its own replica, waits for its writes to reach the "
+        "new owner, and publishes (docs/consistency.md).",
         "",
+        *(["Handovers: " + "; ".join(f"{h['phase']}: {h['outcome']}" for h in result["handovers"]) + ".", ""]
+          if result.get("handovers") else []),
         _row("attempts", "client region", *phases),
         _row(*["---"] * (2 + len(phases))),
         *rows,

@@ -98,3 +98,34 @@ def control(state_dir: Path, method: str, path: str, body: dict[str, Any] | None
     if resp.status_code >= 400:
         raise ValueError(data.get("message", resp.text))
     return data
+
+
+class _Unreachable:
+    """A failed region's DynamoDB in the local run: every call fails as an unreachable endpoint does."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+
+    def __getattr__(self, _name: str) -> Any:
+        def call(**_kwargs: Any) -> Any:
+            from botocore.exceptions import EndpointConnectionError
+
+            raise EndpointConnectionError(endpoint_url=f"dynamodb.{self.region} (failed in the local run)")
+        return call
+
+
+def dynamodb_clients(state_dir: Path) -> Any:
+    """region -> a DynamoDB client of the local run's embedded AWS in that region; a failed region's does not
+    answer (a region lost with its storage: what the ownership handover must not write through)."""
+    import boto3
+
+    status = control(state_dir, "GET", "status")
+    failed = {r for r, s in status["regions"].items() if s.get("state") == "failed"}
+    endpoint = status["aws_endpoint"]
+
+    def client(region: str) -> Any:
+        if region in failed:
+            return _Unreachable(region)
+        return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint,
+                            aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local")
+    return client

@@ -42,11 +42,19 @@ def test_never_oversold_and_the_price_is_reported(local: tuple[Path, Path]) -> N
     # clients are served elsewhere by the edge.
     assert refused["partition"][result.cut] > 0.5 and refused["partition"][result.owner] == 0.0, refused
     assert refused["region-loss"][result.owner] == 0.0, refused
-    # The owner lost: its keys are unavailable from everywhere (ownership does not move), never oversold.
+    # The owner lost with its storage: its keys are unavailable from everywhere, never oversold; a handover
+    # is refused (its replica cannot be fenced), so ownership does not move.
     assert refused["owner-loss"] == {r: 1.0 for r in topology.regions}, refused
+    handovers = dict(result.handovers)
+    assert handovers["owner-loss"].startswith("refused:") and "cannot be fenced" in handovers["owner-loss"], handovers
+    # The planned move: fenced, barrier, published; then the new owner serves every region, the old
+    # owner's clients included; then ownership comes back.
+    assert handovers["handover"].startswith(f"fenced {result.owner} at epoch"), handovers
+    assert handovers["return"].startswith("fenced ") and "published epoch" in handovers["return"], handovers
+    assert refused["moved"] == {r: 0.0 for r in topology.regions}, refused
     assert refused["after"] == {r: 0.0 for r in topology.regions}, refused
     # Every email was tried from every region at once (half of them upper-cased): one account each.
-    assert len(result.emails) == 2 * 5 and all(len(tries) == len(topology.regions) for tries in result.emails.values())
+    assert len(result.emails) == 2 * 8 and all(len(tries) == len(topology.regions) for tries in result.emails.values())
     healthy = [tries for email, tries in result.emails.items() if "-before-" in email or "-after-" in email]
     assert all(sorted(s for _, _, s in tries) == [201] + [409] * (len(tries) - 1) for tries in healthy), healthy
     assert all(len(ids) == 1 for email, ids in result.accounts.items() if "-before-" in email), result.accounts
@@ -81,7 +89,8 @@ def test_the_game_day_runs_it_and_reports_the_price(local: tuple[Path, Path], tm
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Strong keys: stock and email claims" in report and "Every promise held." in report
     assert "| reservations | eu-central-1 |" in report and "| account creations | us-east-1 |" in report
-    assert "| attempts | client region | before | partition | region-loss | owner-loss | after |" in report
+    assert "| attempts | client region | before | partition | region-loss | owner-loss | handover | moved | return | after |" in report
+    assert "Handovers: owner-loss: refused:" in report
 
 
 def test_local_status_gives_the_operator_token(local: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,5 +117,5 @@ def test_without_the_partition_phase_on_shared_replicas(local: tuple[Path, Path]
     stack, state_dir = local
     result = asyncio.run(oversell.run(state_dir, load_stack_file(stack), units=10, per_phase=2, settle=1.0, emails_per_phase=1,
                                       partition=False))
-    assert list(result.refused_share()) == ["before", "region-loss", "owner-loss", "after"]
+    assert list(result.refused_share()) == ["before", "region-loss", "owner-loss", "handover", "moved", "return", "after"]
     assert result.problems() == []

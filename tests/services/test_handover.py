@@ -16,7 +16,7 @@ from botocore.exceptions import EndpointConnectionError
 from test_api import REGIONS, Cluster, new_user
 from test_strong import many, reserve_kw, stock
 
-from meridian.ownership import MAP_KEY, HandoverError, OwnershipMap, handover, home_owner, read_map
+from meridian.ownership import MAP_PREFIX, HandoverError, OwnershipMap, handover, home_owner, read_map
 from meridian.strong import NotOwner, OutOfStock
 
 STRONG = ("stock", "reservations", "claims")
@@ -33,7 +33,7 @@ def replicate(cluster: Cluster, source: str, targets: list[str] | None = None) -
     for logical in STRONG:
         name = cluster.topology.table_name(logical, zone)
         for item in client(source).scan(TableName=name)["Items"]:
-            if item.get("sku", {}).get("S") == MAP_KEY:
+            if item.get("sku", {}).get("S", "").startswith(MAP_PREFIX):
                 continue
             for target in targets or [r for r in REGIONS if r != source]:
                 client(target).put_item(TableName=name, Item=item)
@@ -84,8 +84,8 @@ class TestEvacuatedOwner:
         # Fenced, but the old owner's writes have not reached the new owner: nothing moves yet.
         with pytest.raises(HandoverError, match="have not reached their new owner"):
             handover(cluster.topology, client, exclude=[OLD], timeout=0.3)
-        assert read_map(client(OLD), "meridian-api-stock") == OwnershipMap(
-            epoch=1, excluded=(OLD,), state="fencing", version=read_map(client(OLD), "meridian-api-stock").version, previous=())
+        assert read_map(client(OLD), "meridian-api-stock", OLD) == OwnershipMap(
+            epoch=1, excluded=(OLD,), state="fencing", version=read_map(client(OLD), "meridian-api-stock", OLD).version, previous=())
         # The old owner refuses its keys now, from anywhere; its replica is what it was.
         assert reserve_everywhere(cluster, people, sku, ["f0", "f1", "f2"]) == {503: 3}
         assert stored(cluster, OLD, sku) == {"available": 7, "reserved": 3}
@@ -94,7 +94,7 @@ class TestEvacuatedOwner:
         report = handover(cluster.topology, client, exclude=[OLD], timeout=5)
         new = report.after.owner(sku, REGIONS)
         assert report.fenced == (OLD,) and report.items_checked >= 4 and new != OLD
-        assert all(read_map(client(r), "meridian-api-stock").state == "active" for r in REGIONS)
+        assert all(read_map(client(r), "meridian-api-stock", r).state == "active" for r in REGIONS)
 
         # The new owner sells what is left, and only that, to every region at once.
         assert reserve_everywhere(cluster, people, sku, [f"n{i}" for i in range(20)]) == {201: 7, 409: 13}
@@ -137,7 +137,7 @@ class TestEvacuatedOwner:
 
         with pytest.raises(HandoverError, match="cannot be fenced"):
             handover(cluster.topology, lambda r: Down() if r == OLD else client(r), exclude=[OLD])
-        assert all(read_map(client(r), "meridian-api-stock").epoch == 0 for r in REGIONS if r != OLD)
+        assert all(read_map(client(r), "meridian-api-stock", r).epoch == 0 for r in REGIONS if r != OLD)
         with pytest.raises(HandoverError, match="not regions of the stack"):
             handover(cluster.topology, client, exclude=["mars-north-1"])
         with pytest.raises(HandoverError, match="at least one region"):

@@ -55,6 +55,7 @@ from meridian.store import IdempotencyMismatch, ResidencyViolation, Store, Store
 from meridian.strong import (
     ConsistencyUnavailable,
     EmailTaken,
+    NotOwner,
     OutOfStock,
     StrongStore,
     claim_key,
@@ -846,8 +847,13 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         claim = claim_key(email, service.settings.claim_key)
         owner = await service.strong_owner_async(claim)
         if owner is None or owner == region:
-            await asyncio.to_thread(service.strong.claim, claim, user_id)
-            return
+            try:
+                await asyncio.to_thread(service.strong.claim, claim, user_id)
+                return
+            except NotOwner as exc:  # handed over since this region read its map: ask the new owner
+                if exc.owner in (None, region):
+                    raise
+                owner = exc.owner
         resp = await service.peer_request(owner, "PUT", f"/internal/claims/{claim}", {"user_id": user_id})
         if resp.status_code == 409:
             raise EmailTaken("an account with this email exists")
@@ -1028,11 +1034,24 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         Else the owner's answer; 503 ``consistency_unavailable`` if the request certainly did not reach it —
         never executed elsewhere, which could sell a unit twice — and 504 ``outcome_unknown`` if it was sent
         and no answer came (it may have executed: the same Idempotency-Key again answers what was done)."""
-        if await peer_call(request, body) is not None:
+        request.state.from_peer = await peer_call(request, body) is not None
+        if request.state.from_peer:
             return None
         owner = await service.strong_owner_async(key)
         if owner is None or owner == region:
             return None
+        answer = await at_region(request, body, key, owner)
+        if answer.status_code == 503:
+            # The owner may have handed the key over (meridian.ownership) after this region last read its map:
+            # read it again, and go where it says, once — here included.
+            moved = await asyncio.to_thread(lambda: service.strong.ownership(fresh=True).owner(key, service.strong.regions))
+            if moved == region:
+                return None
+            if moved != owner:
+                return await at_region(request, body, key, moved)
+        return answer
+
+    async def at_region(request: Request, body: bytes, key: str, owner: str) -> Response:
         try:
             return await service.forward(request, body, [owner], failover=False, idempotent=True)
         except ApiError as exc:
@@ -1044,6 +1063,16 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
                 raise ApiError(503, "consistency_unavailable", f"{owner} owns {key!r} and cannot be reached ({exc.message}); "
                                "refused rather than risk two owners", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
             raise
+
+    async def here(request: Request, body: bytes, key: str, run: Callable[[], Awaitable[Response]]) -> Response:
+        """``run`` executes here, where this region's map says ``key`` is owned. If a handover moved the key
+        since this region read its map, the fence refuses the write, and the new owner is asked instead."""
+        try:
+            return await run()
+        except NotOwner as exc:
+            if getattr(request.state, "from_peer", True) or exc.owner in (None, region):
+                raise
+            return await at_region(request, body, key, exc.owner)
 
     def operator(request: Request) -> None:
         try:
@@ -1065,7 +1094,10 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         body = await request.body()
         if (forwarded := await at_owner(request, body, "stock", sku)) is not None:
             return forwarded
-        return JSONResponse(await asyncio.to_thread(service.strong.set_stock, sku, payload.available))
+
+        async def run() -> Response:
+            return JSONResponse(await asyncio.to_thread(service.strong.set_stock, sku, payload.available))
+        return await here(request, body, sku, run)
 
     @app.get("/v1/stock/{sku}", response_model=Stock, responses=errors(400, 404, 503, 504))
     async def get_stock(request: Request, sku: SkuName) -> Response:
@@ -1073,10 +1105,13 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         check_sku(sku)
         if (forwarded := await at_owner(request, b"", "stock", sku)) is not None:
             return forwarded
-        stock = await asyncio.to_thread(service.strong.get_stock, sku)
-        if stock is None:
-            raise ApiError(404, "not_found", f"no stock of {sku!r}")
-        return JSONResponse(stock)
+
+        async def run() -> Response:
+            stock = await asyncio.to_thread(service.strong.get_stock, sku)
+            if stock is None:
+                raise ApiError(404, "not_found", f"no stock of {sku!r}")
+            return JSONResponse(stock)
+        return await here(request, b"", sku, run)
 
     @app.post("/v1/users/{user_id}/reservations", status_code=201, dependencies=USER_AUTH, response_model=ReservationOut,
               responses=errors(400, 401, 403, 404, 409, 413, 422, 503, 504))
@@ -1091,11 +1126,14 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         if (forwarded := await at_owner(request, body, "stock", payload.sku)) is not None:
             return forwarded
         rid = reservation_id_for(user_id, idempotency_key, home_owner(payload.sku, service.topology.global_zone.regions))
-        try:
-            reservation, created = await asyncio.to_thread(service.strong.reserve, user_id, payload.sku, payload.quantity, rid)
-        except IdempotencyMismatch as exc:
-            raise ApiError(409, "idempotency_mismatch", str(exc)) from None
-        return JSONResponse(reservation.public(), status_code=201, headers={} if created else {"Idempotent-Replayed": "true"})
+
+        async def run() -> Response:
+            try:
+                reservation, created = await asyncio.to_thread(service.strong.reserve, user_id, payload.sku, payload.quantity, rid)
+            except IdempotencyMismatch as exc:
+                raise ApiError(409, "idempotency_mismatch", str(exc)) from None
+            return JSONResponse(reservation.public(), status_code=201, headers={} if created else {"Idempotent-Replayed": "true"})
+        return await here(request, body, payload.sku, run)
 
     @app.delete("/v1/users/{user_id}/reservations/{reservation_id}", dependencies=USER_AUTH, response_model=ReservationOut,
                 responses=errors(400, 401, 403, 404, 503, 504))
