@@ -2,8 +2,9 @@
 
 Outside an MRSC set, each strong key has one **owner region** that executes every write and strong read of
 it (meridian.strong). Which region that is follows from the zone's **ownership map**: rendezvous hashing
-over the zone's regions minus the map's ``excluded`` ones. The map is one item, key
-``__meridian_ownership__`` in the ``stock`` global table, so every region has it in its own replica:
+over the zone's regions minus the map's ``excluded`` ones. Each region's map is one item of the ``stock``
+global table, key ``__meridian_ownership__#<region>``, so every replica holds every region's map, and a
+region's tasks check their own in their own replica:
 
 - ``epoch``: raised by every handover;
 - ``excluded``: regions that own nothing (evacuated ones);

@@ -15,7 +15,10 @@ per zone by the topology (:meth:`meridian.topology.Topology.mechanism`):
   of the key executes there, with conditional writes on the owner's replica, and the other regions
   forward to it. An owner that cannot be reached makes its keys unavailable (503), never writable
   elsewhere: two owners would sell the same unit twice. Replication to the other replicas is the
-  usual asynchronous one, which is the RPO of a lost owner region.
+  usual asynchronous one, which is the RPO of a lost owner region. Ownership moves only through the
+  fenced handover of :mod:`meridian.ownership`: under this mechanism every write below is ONE
+  ``TransactWriteItems`` behind a ``ConditionCheck`` of the region's ownership map in its own replica,
+  and every strong read one ``TransactGetItems`` of map and item.
 
 The write shapes are the same for both, and take one storage call where one is enough:
 

@@ -172,3 +172,30 @@ class TestEvacuatedOwner:
             cluster.services[OLD].strong.reserve("u1", sku, 1, "rsv_y")
         with pytest.raises(OutOfStock):
             cluster.services[OLD].strong.reserve("u1", sku_owned_by(OLD, "none"), 1, "rsv_z")
+
+
+class TestCommand:
+    def test_meridian_ownership_show_move_and_return(self, cluster: Cluster, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+        """The operator's path: `meridian ownership` against the stack's regional endpoints (moto here)."""
+        import json
+
+        from meridian_cli.main import main
+
+        stack = tmp_path / "Pulumi.api.yaml"
+        stack.write_text("config:\n  meridian:regions: [us-east-1, eu-west-1, eu-central-1]\n"
+                         "  meridian:residencyZones: {eu: [eu-west-1, eu-central-1]}\n")
+        args = ["--config", str(stack)]
+        assert main(["ownership", "show", *args]) == 0
+        assert capsys.readouterr().out.count("epoch 0 (active), excluded: none") == 3
+        assert main(["ownership", "move-from", "mars-north-1", *args]) == 2
+        assert "mars-north-1 is not a region of stack api" in capsys.readouterr().err
+        stock(cluster, sku_owned_by(OLD), 3, region=OLD)
+        assert main(["ownership", "move-from", OLD, "--timeout", "0.3", *args]) == 2  # not replicated yet
+        assert "handover stopped:" in capsys.readouterr().err
+        replicate(cluster, OLD)
+        assert main(["ownership", "move-from", OLD, "--json", *args]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["epoch"] == 1 and report["excluded"] == [OLD] and report["fenced"] == [OLD] and report["items_checked"] >= 1
+        assert main(["ownership", "return", OLD, *args]) == 0
+        out = capsys.readouterr().out
+        assert "now: epoch 2 (active), excluded: none" in out and "fenced eu-west-1, eu-central-1 at epoch 2" in out
