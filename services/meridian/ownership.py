@@ -22,7 +22,7 @@ evaluates the condition and the write atomically in that replica. No lease and n
 epoch, so the new owner must not write a key before it has the old owner's last write of it, or that late
 write could win over the new one (or the new owner would sell units the old one already sold). After the
 fence the losers' replicas are final for the keys they lose: the handover scans each loser's replica for
-the items it wrote (``origin_region``) and waits until the key's new owner has each at its version.
+the items of the keys it owned and loses, and waits until each key's new owner has it at that version.
 
 **Then publish.** The map (next epoch, ``active``) is written into every reachable replica; tasks read
 their own replica's map at most :data:`MAP_TTL_SECONDS` late, and refresh at once when the fence refuses
@@ -237,13 +237,13 @@ def handover(topology: Topology, client: Callable[[str], Any], *, exclude: Colle
     pending: list[tuple[str, str, dict[str, Any], str]] = []  # (new owner, table, key, version)
     for region in losers:
         for logical, (hash_key, attr) in OWNED_BY.items():
-            for item in _scan(client(region), names[logical], region):
+            for item in _scan(client(region), names[logical]):
                 key_value = item.get(attr, {}).get("S")
                 if key_value is None or key_value.startswith(MAP_PREFIX) or "version" not in item:
                     continue
                 owner = nxt.owner(key_value, regions)
-                if owner == region:
-                    continue
+                if owner == region or before.owner(key_value, regions) != region:
+                    continue  # stays here, or was never this loser's to hand on
                 pending.append((owner, names[logical], {hash_key: item[hash_key]}, item["version"]["S"]))
     report.items_checked = len(pending)
     while pending:
@@ -294,9 +294,10 @@ def _stamp(clock: HLC | None) -> str:
     return Version((clock or _clock).now(), "handover").encode()
 
 
-def _scan(client: Any, table: str, region: str) -> Iterable[dict[str, Any]]:
-    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True, "FilterExpression": "origin_region = :r",
-                              "ExpressionAttributeValues": {":r": {"S": region}}}
+def _scan(client: Any, table: str) -> Iterable[dict[str, Any]]:
+    """Every item of a loser's replica. Not only those it wrote: a key it received in an earlier handover and
+    never wrote since holds the previous owner's last write, which the new owner must have too."""
+    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
     while True:
         page = client.scan(**kwargs)
         yield from page.get("Items", [])

@@ -199,3 +199,24 @@ class TestCommand:
         assert main(["ownership", "return", OLD, *args]) == 0
         out = capsys.readouterr().out
         assert "now: epoch 2 (active), excluded: none" in out and "fenced eu-west-1, eu-central-1 at epoch 2" in out
+
+
+class TestBarrier:
+    def test_a_key_received_in_an_earlier_handover_is_handed_on_with_its_last_write(self, fresh: Cluster) -> None:
+        """A key moves O -> L (L never writes it) -> X: L's replica holds O's last write, and X must have it
+        before it owns the key, or X would sell units O already sold."""
+        cluster, sku = fresh, sku_owned_by(OLD)
+        people = users(cluster)
+        heir = OwnershipMap(excluded=(OLD,)).owner(sku, REGIONS)
+        last = next(r for r in REGIONS if r not in (OLD, heir))
+        stock(cluster, sku, 10, region=OLD)
+        replicate(cluster, OLD)  # everyone has 10 available
+        assert reserve_everywhere(cluster, people, sku, ["a", "b", "c"]) == {201: 3}
+        replicate(cluster, OLD, [heir])  # the 3 reservations reach the heir only
+        handover(cluster.topology, client, exclude=[OLD], timeout=5)
+        assert stored(cluster, last, sku) == {"available": 10, "reserved": 0}
+        with pytest.raises(HandoverError, match="have not reached"):
+            handover(cluster.topology, client, exclude=[OLD, heir], timeout=0.3)
+        replicate(cluster, heir, [last])
+        handover(cluster.topology, client, exclude=[OLD, heir], timeout=5)
+        assert reserve_everywhere(cluster, people, sku, [f"x{i}" for i in range(12)]) == {201: 7, 409: 5}
