@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 
 from meridian.geo import rtt_ms
-from meridian.strong import owner_region
+from meridian.ownership import owner_region
 from meridian.topology import MRSC_REGION_SETS
 from meridian_cli.local_cmds import start_local, stop_local
 from meridian_local.oversell import operator_token
@@ -118,7 +118,8 @@ def main() -> int:
           + ", ".join(f"{r} {b[0]:.1f}/{b[1]:.1f}" for r, b in baseline.items()))
     print(f"'routing': p50 minus the same client's local-owner p50 minus the round trip, against the {BUDGET_MS:g} ms routing "
           "budget. The round trip to a remote owner is physics, not routing: it is the price of one owner per key. A local "
-          "reservation is two writes (the conditional UpdateItem, then its record) against the read's one.")
+          "reservation is one transaction of three items (the ownership map's ConditionCheck, the conditional stock update, its "
+          "record) against the read's one GetItem.")
     print()
     print("Model from the same published round trips (not measured): strong write latency above the local write, ms")
     print(f"{'MRSC set':<9} {'regions':<44} {'MRSC: nearest other':>20} {'owner: mean over keys':>22}")

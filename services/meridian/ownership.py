@@ -30,8 +30,12 @@ them. Each strong item also carries the ``epoch`` it was last written under, and
 conditional on it being no newer than the writer's (defence in depth: no write can come from an epoch
 older than the item's).
 
-**What is refused, and when.** A loser whose replica cannot be reached cannot be fenced: the handover
-stops before anything moves, and the keys stay where they are (refused while their owner is down). A
+**One at a time.** A handover claims itself first (a conditional write in the home region's replica),
+and its fence and publish are conditional on that claim's id: two handovers can never publish two maps of
+one epoch (a rerun with the same regions takes over a claim left by a crash).
+
+**What is refused, and when.** A loser whose replica cannot be reached cannot be fenced, and a gainer
+whose replica cannot be reached cannot receive the barrier: the handover stops before anything moves, and the keys stay where they are (refused while their owner is down). A
 handover without the fence, or without the barrier, would trade "never oversold" for availability:
 acknowledged writes of the lost owner that had not replicated would be sold again. That trade is not
 offered. Between fence and publish (seconds: the barrier waits for replication) the losers' keys are
@@ -40,6 +44,7 @@ refused with 503.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -58,6 +63,12 @@ __all__ = ["MAP_PREFIX", "MAP_TTL_SECONDS", "map_key", "HandoverError", "Handove
 #: region's tasks check (the API refuses skus starting with ``__meridian``). Per region, so that the fence of
 #: one region, replicated everywhere as every item is, fences no other.
 MAP_PREFIX = "__meridian_ownership__#"
+
+
+#: Keys of the stock table that are not skus (maps, the handovers' claim): the API refuses skus with it.
+RESERVED_PREFIX = "__meridian"
+#: The handovers' claim, in the home region's replica only: one handover at a time (see :func:`handover`).
+CLAIM_KEY = {"sku": {"S": "__meridian_handover__"}}
 
 
 def map_key(region: str) -> dict[str, Any]:
@@ -94,6 +105,8 @@ class OwnershipMap:
     version: str = ""
     #: the excluded regions before this epoch's handover (what an unfinished one resumes from)
     previous: tuple[str, ...] = ()
+    #: the id of the handover that wrote it (its claim, see :func:`handover`)
+    handover: str = ""
 
     def owners(self, regions: Collection[str]) -> tuple[str, ...]:
         return tuple(r for r in regions if r not in self.excluded)
@@ -113,7 +126,8 @@ class OwnershipMap:
         replica the local replication emulation copies it from, as it copies every item from its writer)."""
         item: dict[str, Any] = {**map_key(region), "epoch": {"N": str(self.epoch)}, "state": {"S": self.state},
                                 "excluded": {"L": [{"S": r} for r in self.excluded]}, "version": {"S": self.version},
-                                "previous": {"L": [{"S": r} for r in self.previous]}, "origin_region": {"S": origin}}
+                                "previous": {"L": [{"S": r} for r in self.previous]}, "origin_region": {"S": origin},
+                                "handover": {"S": self.handover}}
         return item
 
     @classmethod
@@ -122,7 +136,8 @@ class OwnershipMap:
             return cls()
         return cls(epoch=int(item["epoch"]["N"]), excluded=tuple(v["S"] for v in item.get("excluded", {}).get("L", [])),
                    state=item.get("state", {}).get("S", ACTIVE), version=item.get("version", {}).get("S", ""),
-                   previous=tuple(v["S"] for v in item.get("previous", {}).get("L", [])))
+                   previous=tuple(v["S"] for v in item.get("previous", {}).get("L", [])),
+                   handover=item.get("handover", {}).get("S", ""))
 
     def describe(self) -> str:
         out = ", ".join(self.excluded) or "none"
@@ -204,88 +219,138 @@ def handover(topology: Topology, client: Callable[[str], Any], *, exclude: Colle
             report = HandoverReport(before=before, after=before)
             report.steps.append(f"nothing to move: {before.describe()}")
             return report
-        nxt = OwnershipMap(epoch=before.epoch + 1, excluded=target_excluded, state=FENCING, version=_stamp(clock),
-                           previous=before.excluded)
+        stamp = _stamp(clock)
+        nxt = OwnershipMap(epoch=before.epoch + 1, excluded=target_excluded, state=FENCING, version=stamp,
+                           previous=before.excluded, handover=stamp)
     old_owners, new_owners = before.owners(regions), nxt.owners(regions)
     # A region loses keys if it owned some and either is now excluded or a region it shared with comes back.
     losers = tuple(r for r in old_owners if r not in new_owners or set(new_owners) - set(old_owners))
+    gainers = tuple(r for r in new_owners if r not in old_owners or r not in losers)
     report = HandoverReport(before=before, after=nxt, moved_from=losers)
+    for region in (*losers, *gainers):
+        if region not in maps:
+            role = "fenced" if region in losers else "sent its new keys' last writes"
+            raise HandoverError(f"{region}'s replica cannot be reached, so it cannot be {role}: nothing moved; the keys stay "
+                                "where they are (refused while their owner is down) until it answers")
+    nxt = _claim(topology, client, nxt, say)
+    guard = {"ConditionExpression": "attribute_not_exists(epoch) OR epoch < :e OR (epoch = :e AND handover = :id)",
+             "ExpressionAttributeValues": {":e": {"N": str(nxt.epoch)}, ":id": {"S": nxt.handover}}}
 
     # 1. Fence the losers, in their own replicas.
     for region in losers:
-        if region not in maps:
-            raise HandoverError(f"{region}'s replica cannot be reached, so it cannot be fenced: nothing moved; its keys stay "
-                                "with it (refused while it is down) until it answers")
         try:
-            client(region).put_item(TableName=table, Item=nxt.to_item(region, region),
-                                    ConditionExpression="attribute_not_exists(epoch) OR epoch < :e OR (epoch = :e AND #s = :f)",
-                                    ExpressionAttributeNames={"#s": "state"},
-                                    ExpressionAttributeValues={":e": {"N": str(nxt.epoch)}, ":f": {"S": FENCING}})
+            client(region).put_item(TableName=table, Item=nxt.to_item(region, region), **guard)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise HandoverError(f"{region}'s map moved past epoch {nxt.epoch} meanwhile (another handover); read it and "
-                                    "run again") from None
+                raise HandoverError(f"{region}'s map was moved by another handover meanwhile; run `meridian ownership show` "
+                                    "and run again") from None
             raise HandoverError(f"fencing {region} failed: {exc}") from None
         except BotoCoreError as exc:
-            raise HandoverError(f"{region}'s replica cannot be reached ({type(exc).__name__}), so it cannot be fenced") from None
+            raise HandoverError(f"{region}'s replica cannot be reached ({type(exc).__name__}), so it cannot be fenced; its keys "
+                                "are refused until a rerun completes the handover") from None
         report.fenced += (region,)
         say(f"fenced {region} at epoch {nxt.epoch}")
     report.steps.append(f"fenced {', '.join(report.fenced) or 'none'} at epoch {nxt.epoch}")
 
-    # 2. Barrier: every item a loser wrote is at its new owner at that version.
+    # 2. Barrier: every item of a key a loser owned and loses is at its new owner at that version.
     started = time.monotonic()
-    pending: list[tuple[str, str, dict[str, Any], str]] = []  # (new owner, table, key, version)
-    for region in losers:
-        for logical, (hash_key, attr) in OWNED_BY.items():
-            for item in _scan(client(region), names[logical]):
-                key_value = item.get(attr, {}).get("S")
-                if key_value is None or key_value.startswith(MAP_PREFIX) or "version" not in item:
-                    continue
-                owner = nxt.owner(key_value, regions)
-                if owner == region or before.owner(key_value, regions) != region:
-                    continue  # stays here, or was never this loser's to hand on
-                pending.append((owner, names[logical], {hash_key: item[hash_key]}, item["version"]["S"]))
-    report.items_checked = len(pending)
-    while pending:
-        still = []
-        for owner, name, key, version in pending:
-            got = client(owner).get_item(TableName=name, Key=key, ConsistentRead=True).get("Item") or {}
-            if not _newer_or_equal(got.get("version", {}).get("S"), version):
-                still.append((owner, name, key, version))
-        pending = still
-        if pending:
-            if time.monotonic() - started > timeout:
-                report.barrier_seconds = time.monotonic() - started
-                raise HandoverError(f"{len(pending)} item(s) written by {', '.join(losers)} have not reached their new owner "
-                                    f"after {timeout:.0f} s; the losers stay fenced (their keys refused); run again to finish")
-            time.sleep(0.2)
+    try:
+        pending = _handed_on(client, names, losers, before, nxt, regions)
+        report.items_checked = len(pending)
+        while pending:
+            pending = [(owner, name, key, version) for owner, name, key, version in pending
+                       if not _newer_or_equal((client(owner).get_item(TableName=name, Key=key, ConsistentRead=True).get("Item") or {})
+                                              .get("version", {}).get("S"), version)]
+            if pending:
+                if time.monotonic() - started > timeout:
+                    report.barrier_seconds = time.monotonic() - started
+                    raise HandoverError(f"{len(pending)} item(s) of {', '.join(losers)} have not reached their new owner "
+                                        f"after {timeout:.0f} s; the losers stay fenced (their keys refused); run again to finish")
+                time.sleep(0.2)
+    except (BotoCoreError, ClientError) as exc:
+        raise HandoverError(f"the barrier could not read a replica ({type(exc).__name__}); the losers stay fenced (their "
+                            "keys refused); run again to finish once it answers") from None
     report.barrier_seconds = time.monotonic() - started
     report.steps.append(f"barrier: {report.items_checked} item(s) at their new owners in {report.barrier_seconds:.2f} s")
 
     # 3. Publish: active, everywhere reachable (the rest gets it by replication, newer than the fence).
-    active = report.after = OwnershipMap(nxt.epoch, nxt.excluded, ACTIVE, _stamp(clock), nxt.previous)
+    active = report.after = OwnershipMap(nxt.epoch, nxt.excluded, ACTIVE, _stamp(clock), nxt.previous, nxt.handover)
     origin = next(r for r in regions if r in maps)
     for region in regions:  # every region's map into every replica: one that cannot be reached gets its own by replication
         try:
             db = client(region)
             for subject in regions:
-                try:
-                    db.put_item(TableName=table, Item=active.to_item(subject, origin),
-                                ConditionExpression="attribute_not_exists(epoch) OR epoch < :e OR (epoch = :e AND #s = :f)",
-                                ExpressionAttributeNames={"#s": "state"},
-                                ExpressionAttributeValues={":e": {"N": str(active.epoch)}, ":f": {"S": FENCING}})
-                except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                        raise  # else already active at this epoch (a rerun)
+                db.put_item(TableName=table, Item=active.to_item(subject, origin), **guard)
             report.published += (region,)
-        except (BotoCoreError, ClientError):
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise HandoverError(f"{region}'s map was moved by another handover meanwhile; run `meridian ownership show`") from None
             report.unpublished += (region,)
+        except BotoCoreError:
+            report.unpublished += (region,)
+    _release(topology, client, nxt)
     report.steps.append(f"published epoch {active.epoch} in {', '.join(report.published)}"
                         + (f"; {', '.join(report.unpublished)} will get it by replication" if report.unpublished else ""))
     return report
 
 
 _clock = HLC()
+
+
+def _handed_on(client: Callable[[str], Any], names: dict[str, str], losers: tuple[str, ...], before: OwnershipMap,
+               nxt: OwnershipMap, regions: tuple[str, ...]) -> list[tuple[str, str, dict[str, Any], str]]:
+    """(new owner, table, key, version) of every item in a loser's replica whose key it owned and loses."""
+    pending = []
+    for region in losers:
+        for logical, (hash_key, attr) in OWNED_BY.items():
+            for item in _scan(client(region), names[logical]):
+                key_value = item.get(attr, {}).get("S")
+                if key_value is None or key_value.startswith(RESERVED_PREFIX) or "version" not in item:
+                    continue
+                owner = nxt.owner(key_value, regions)
+                if owner == region or before.owner(key_value, regions) != region:
+                    continue  # stays here, or was never this loser's to hand on
+                pending.append((owner, names[logical], {hash_key: item[hash_key]}, item["version"]["S"]))
+    return pending
+
+
+def _claim(topology: Topology, client: Callable[[str], Any], nxt: OwnershipMap, say: Callable[[str], None]) -> OwnershipMap:
+    """One handover at a time: a conditional write of the claim in the home region's replica (atomic there).
+    A claim left running to the same regions is taken over (a rerun after a crash); another is refused."""
+    home, table = topology.home_region(topology.global_zone), topology.table_name("stock", topology.global_zone.name)
+    item = {**CLAIM_KEY, "epoch": {"N": str(nxt.epoch)}, "handover": {"S": nxt.handover}, "state": {"S": "running"},
+            "excluded": {"L": [{"S": r} for r in nxt.excluded]}, "at": {"N": str(int(time.time() * 1000))},
+            # replicated like any item (only the home replica's copy is ever checked)
+            "version": {"S": _stamp(None)}, "origin_region": {"S": home}}
+    try:
+        db = client(home)
+        try:
+            db.put_item(TableName=table, Item=item,
+                        ConditionExpression="attribute_not_exists(epoch) OR #s = :done OR (epoch = :e AND handover = :id)",
+                        ExpressionAttributeNames={"#s": "state"},
+                        ExpressionAttributeValues={":done": {"S": "done"}, ":e": {"N": str(nxt.epoch)}, ":id": {"S": nxt.handover}})
+            return nxt
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+        held = db.get_item(TableName=table, Key=CLAIM_KEY, ConsistentRead=True).get("Item") or {}
+    except (BotoCoreError, ClientError) as exc:
+        raise HandoverError(f"handovers are claimed in {home}'s replica (one at a time), which does not answer "
+                            f"({type(exc).__name__}); nothing moved") from None
+    excluded = tuple(v["S"] for v in held.get("excluded", {}).get("L", []))
+    if int(held.get("epoch", {}).get("N", "0")) == nxt.epoch and excluded == nxt.excluded:
+        say(f"taking over the unfinished handover {held['handover']['S']} (same regions)")
+        return OwnershipMap(nxt.epoch, nxt.excluded, nxt.state, held["handover"]["S"], nxt.previous, held["handover"]["S"])
+    raise HandoverError(f"another handover (epoch {held.get('epoch', {}).get('N', '?')}, excluding {', '.join(excluded) or 'none'}) "
+                        "is running; let it finish, or rerun it with the same regions")
+
+
+def _release(topology: Topology, client: Callable[[str], Any], nxt: OwnershipMap) -> None:
+    home, table = topology.home_region(topology.global_zone), topology.table_name("stock", topology.global_zone.name)
+    with contextlib.suppress(BotoCoreError, ClientError):  # a claim left running: the next handover to the same regions takes it
+        client(home).update_item(TableName=table, Key=CLAIM_KEY, UpdateExpression="SET #s = :done, version = :v",
+                                 ConditionExpression="handover = :id", ExpressionAttributeNames={"#s": "state"},
+                                 ExpressionAttributeValues={":done": {"S": "done"}, ":id": {"S": nxt.handover}, ":v": {"S": _stamp(None)}})
 
 
 def _stamp(clock: HLC | None) -> str:

@@ -203,24 +203,23 @@ class StrongStore:
         if not self.fenced:
             item = self._call("get_item", TableName=self._table(logical), Key=to_item(key), ConsistentRead=True).get("Item")
             return from_item(item) if item else None
-        for attempt in range(2):
-            responses = self._call("transact_get_items", TransactItems=[
-                {"Get": {"TableName": self._table("stock"), "Key": map_key(self.store.region)}},
-                {"Get": {"TableName": self._table(logical), "Key": to_item(key)}}])["Responses"]
-            seen = OwnershipMap.from_item(responses[0].get("Item"))
-            raw = responses[1].get("Item")
-            data = from_item(raw) if raw else None
-            mine = self.ownership(fresh=attempt > 0)
-            if (seen.epoch, seen.state) != (mine.epoch, mine.state):
-                self.ownership(fresh=True)
-                continue
-            decisive = owner_key(data)
-            if decisive is not None:
-                self._owned(decisive)
-            elif mine.state == FENCING or self.store.region in mine.excluded:
-                raise NotOwner(f"{self.store.region} owns no strong keys now (epoch {mine.epoch}); retry")
-            return data
-        raise NotOwner("the ownership map changed while reading; retry")
+        responses = self._call("transact_get_items", TransactItems=[
+            {"Get": {"TableName": self._table("stock"), "Key": map_key(self.store.region)}},
+            {"Get": {"TableName": self._table(logical), "Key": to_item(key)}}])["Responses"]
+        # Judged by the map read in the same transaction, never by a copy read after it: the item is the
+        # owner's only if this region owned its key when both were read.
+        seen = OwnershipMap.from_item(responses[0].get("Item"))
+        raw = responses[1].get("Item")
+        data = from_item(raw) if raw else None
+        decisive = owner_key(data)
+        if seen.state == FENCING:
+            raise NotOwner(f"ownership of the strong keys is being handed over from {self.store.region} (epoch {seen.epoch}); retry")
+        if decisive is not None and (owner := seen.owner(decisive, self.regions)) != self.store.region:
+            self.ownership(fresh=True)
+            raise NotOwner(f"{owner} owns {decisive!r} now (epoch {seen.epoch}), not {self.store.region}; retry", owner)
+        if decisive is None and self.store.region in seen.excluded:
+            raise NotOwner(f"{self.store.region} owns no strong keys now (epoch {seen.epoch}); retry")
+        return data
 
     def _commit(self, key: str, actions: list[dict[str, Any]]) -> None:
         """The write ``actions`` (TransactWriteItems shapes) of ``key``. Fenced: ONE transaction, behind a
@@ -308,9 +307,14 @@ class StrongStore:
         record: dict[str, Any] = {"TableName": self._table("reservations"), "Item": to_item(
             {"reservation_id": reservation_id, "sku": sku, "quantity": quantity, "user_id": user_id, "status": "active",
              "created_at": int(time.time() * 1000), "origin_region": self.store.region, "version": self.store._stamp(None)[1]})}
+        # Never twice for one key: a released reservation's key answers the released one. Fenced: the record's
+        # put is conditional in the same transaction; MRSC (no transactions): its record is read first.
         if self.fenced:
-            # Never twice for one key: a released reservation's key answers the released one.
             record |= {"ConditionExpression": "attribute_not_exists(reservation_id)"}
+        elif (known := self.reservation(reservation_id)) is not None:
+            if (known.sku, known.quantity, known.user_id) != (sku, quantity, user_id):
+                raise IdempotencyMismatch("this Idempotency-Key was used for a different reservation; use a new key")
+            return known, False
         try:
             with self._lock(sku):
                 self._commit(sku, [

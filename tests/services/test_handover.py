@@ -16,7 +16,7 @@ from botocore.exceptions import EndpointConnectionError
 from test_api import REGIONS, Cluster, new_user
 from test_strong import many, reserve_kw, stock
 
-from meridian.ownership import MAP_PREFIX, HandoverError, OwnershipMap, handover, home_owner, read_map
+from meridian.ownership import RESERVED_PREFIX, HandoverError, OwnershipMap, handover, home_owner, owner_region, read_map
 from meridian.strong import NotOwner, OutOfStock
 
 STRONG = ("stock", "reservations", "claims")
@@ -33,7 +33,7 @@ def replicate(cluster: Cluster, source: str, targets: list[str] | None = None) -
     for logical in STRONG:
         name = cluster.topology.table_name(logical, zone)
         for item in client(source).scan(TableName=name)["Items"]:
-            if item.get("sku", {}).get("S", "").startswith(MAP_PREFIX):
+            if item.get("sku", {}).get("S", "").startswith(RESERVED_PREFIX):
                 continue
             for target in targets or [r for r in REGIONS if r != source]:
                 client(target).put_item(TableName=name, Item=item)
@@ -84,8 +84,8 @@ class TestEvacuatedOwner:
         # Fenced, but the old owner's writes have not reached the new owner: nothing moves yet.
         with pytest.raises(HandoverError, match="have not reached their new owner"):
             handover(cluster.topology, client, exclude=[OLD], timeout=0.3)
-        assert read_map(client(OLD), "meridian-api-stock", OLD) == OwnershipMap(
-            epoch=1, excluded=(OLD,), state="fencing", version=read_map(client(OLD), "meridian-api-stock", OLD).version, previous=())
+        fenced = read_map(client(OLD), "meridian-api-stock", OLD)
+        assert (fenced.epoch, fenced.excluded, fenced.state, fenced.previous) == (1, (OLD,), "fencing", ())
         # The old owner refuses its keys now, from anywhere; its replica is what it was.
         assert reserve_everywhere(cluster, people, sku, ["f0", "f1", "f2"]) == {503: 3}
         assert stored(cluster, OLD, sku) == {"available": 7, "reserved": 3}
@@ -220,3 +220,105 @@ class TestBarrier:
         replicate(cluster, heir, [last])
         handover(cluster.topology, client, exclude=[OLD, heir], timeout=5)
         assert reserve_everywhere(cluster, people, sku, [f"x{i}" for i in range(12)]) == {201: 7, 409: 5}
+
+
+class TestAdversarial:
+    """Interleavings found by an adversarial review; each broke a promise (or availability) before its fix."""
+
+    def test_two_handovers_at_once_never_make_two_owners(self, cluster: Cluster) -> None:
+        """Two operators, different targets, both read epoch 0: one claims the handover, the other is refused."""
+        import threading
+
+        a, b, c = REGIONS
+        sku = next(s for s in (f"sku-{i}" for i in range(1000)) if home_owner(s, REGIONS) == b and owner_region(s, [a, c]) == c)
+        cluster.services[b].strong.set_stock(sku, 1)
+        replicate(cluster, b)
+        both_read = threading.Barrier(2, timeout=10)
+
+        def wrapped(region: str) -> Any:
+            real = client(region)
+
+            class Racing:
+                def __getattr__(self, name: str) -> Any:
+                    return getattr(real, name)
+
+                def put_item(self, **kw: Any) -> Any:
+                    if kw["Item"].get("state", {}).get("S") == "running":
+                        both_read.wait()  # both have read the maps; both claim now
+                    return real.put_item(**kw)
+            return Racing()
+
+        out: dict[str, Any] = {}
+
+        def run(who: str, exclude: list[str]) -> None:
+            try:
+                out[who] = handover(cluster.topology, wrapped, exclude=exclude, timeout=5)
+            except HandoverError as exc:
+                out[who] = exc
+
+        threads = [threading.Thread(target=run, args=("one", [a])), threading.Thread(target=run, args=("two", [b]))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        refused = [w for w, o in out.items() if isinstance(o, HandoverError)]
+        assert len(refused) == 1 and "another handover" in str(out[refused[0]]), out
+        maps = {read_map(client(r), "meridian-api-stock", r) for r in REGIONS}
+        assert len({(m.epoch, m.excluded, m.state) for m in maps}) == 1, maps
+        sold = []
+        for region in (b, c):
+            try:
+                sold.append(cluster.services[region].strong.reserve("u", sku, 1, f"rsv_{region}")[1])
+            except (NotOwner, OutOfStock):
+                sold.append(False)
+        assert sold.count(True) <= 1, sold
+
+    def test_a_gainer_that_cannot_be_reached_fences_nobody(self, cluster: Cluster) -> None:
+        replicate(cluster, OLD)
+        handover(cluster.topology, client, exclude=[OLD], timeout=5)
+
+        class Down:
+            def __getattr__(self, _name: str) -> Any:
+                raise EndpointConnectionError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+
+        with pytest.raises(HandoverError, match="cannot be reached"):
+            handover(cluster.topology, lambda r: Down() if r == OLD else client(r), exclude=[])
+        assert all(read_map(client(r), "meridian-api-stock", r).state == "active" for r in REGIONS if r != OLD)
+
+    def test_a_strong_read_is_judged_by_the_map_read_with_it(self, cluster: Cluster) -> None:
+        """A gainer still on the old map reads a key it does not own yet: refused, never its pre-barrier copy,
+        even if the handover completes between its read and its next look at the map."""
+        a, b, c = REGIONS
+        sku = next(s for s in (f"sku-{i}" for i in range(1000)) if home_owner(s, REGIONS) == a and owner_region(s, [b, c]) == b)
+        old, heir = cluster.services[a].strong, cluster.services[b].strong
+        old.set_stock(sku, 5)
+        replicate(cluster, a)
+        old.reserve("u", sku, 2, "rsv_1")  # not at the heir yet
+        with pytest.raises(HandoverError):
+            handover(cluster.topology, client, exclude=[a], timeout=0.3)
+        heir.map_ttl = 3600.0
+        assert heir.ownership(fresh=True).epoch == 0
+        real = heir.ownership
+
+        def ownership(*, fresh: bool = False) -> Any:
+            if fresh:  # the replication arrives and the handover completes right after the heir's read
+                replicate(cluster, a)
+                handover(cluster.topology, client, exclude=[a], timeout=5)
+            return real(fresh=fresh)
+
+        heir.ownership = ownership  # type: ignore[method-assign]
+        with pytest.raises(NotOwner):
+            heir.get_stock(sku)
+        heir.ownership = real  # type: ignore[method-assign]
+        assert heir.get_stock(sku) == {"sku": sku, "available": 3, "reserved": 2}
+
+    def test_mrsc_a_released_reservations_key_answers_the_released_one(self, cluster: Cluster) -> None:
+        from meridian.strong import StrongStore
+
+        store = StrongStore(cluster.services["us-east-1"].store, fenced=False)
+        store.set_stock("w", 1)
+        reservation, created = store.reserve("u", "w", 1, "rsv_k")
+        store.release(reservation)
+        again, created_again = store.reserve("u", "w", 1, "rsv_k")
+        assert created and not created_again and again.status == "released"
+        assert store.get_stock("w") == {"sku": "w", "available": 1, "reserved": 0}

@@ -47,6 +47,7 @@ from meridian.health import HealthView
 from meridian.hlc import ClockDriftError, Timestamp, Version
 from meridian.ids import IdError, parse_id
 from meridian.keys import KeyRing
+from meridian.ownership import RESERVED_PREFIX
 from meridian.peers import ORIGIN, SIGNED_HEADERS, NonceCache, PeerAuthError, sign_request, verify_request
 from meridian.routing import Decision, decide
 from meridian.sessions import SessionToken, TokenError, satisfied, sign, verify
@@ -63,8 +64,8 @@ from meridian.strong import (
     reservation_id_for,
 )
 
-#: Skus the API refuses: the stock table's own items (the ownership map, meridian.ownership) start with it.
-RESERVED_SKU_PREFIX = "__meridian"
+#: Skus the API refuses: the stock table's own items (ownership maps, the handovers' claim) start with it.
+RESERVED_SKU_PREFIX = RESERVED_PREFIX
 REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
 FAILOVER_HEADER = "X-Meridian-Failover"
