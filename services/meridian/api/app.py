@@ -115,8 +115,10 @@ Text = Annotated[StrictStr, AfterValidator(_no_control)]
 EMAIL = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$"
 
 
+#: A sku: no control character, and not the stock table's own keys (``__meridian…``: meridian.ownership).
+SKU = r"^(?!__meridian)[^\x00-\x1f\x7f-\x9f]*$"
 #: A sku: the contract states the rule the handlers enforce (400 ``invalid_sku``).
-SkuName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL})]
+SkuName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": SKU})]
 #: A counter's name: the contract states the rule the handlers enforce (400 ``invalid_counter``).
 CounterName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": NO_CONTROL})]
 
@@ -152,7 +154,7 @@ class StockLevel(Request_):
 
 
 class NewReservation(Request_):
-    sku: Text = Field(min_length=1, max_length=128, json_schema_extra={"pattern": NO_CONTROL})
+    sku: Text = Field(min_length=1, max_length=128, json_schema_extra={"pattern": SKU})
     quantity: StrictInt = Field(ge=1, le=10_000)
 
 
