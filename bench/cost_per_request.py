@@ -237,6 +237,12 @@ class Bench:
         elif op == "reserve" and operation == "UpdateItem":
             base["Key"] = to_item({"sku": f"{self.sku}-bare"})
             c.put_item(TableName=base["TableName"], Item={**base["Key"], "available": {"N": "1000000000"}, "reserved": {"N": "0"}})
+        elif op == "reserve" and operation == "TransactWriteItems":  # the owner mechanism: check, stock update, record
+            for action in base["TransactItems"]:
+                if "Update" in action:
+                    action["Update"]["Key"] = to_item({"sku": f"{self.sku}-bare"})
+                    c.put_item(TableName=action["Update"]["TableName"],
+                               Item={**action["Update"]["Key"], "available": {"N": "1000000000"}, "reserved": {"N": "0"}})
 
         def fresh() -> dict[str, Any]:
             request = dict(base)
@@ -252,6 +258,18 @@ class Bench:
                 request["ExpressionAttributeValues"] = values
             if op == "order":
                 request["Item"] = {**request["Item"], "order_id": {"S": order_id_for(self.user, self.next_key())}, "version": version}
+            if op == "reserve" and operation == "TransactWriteItems":
+                rid = reservation_id_for(self.user, self.next_key(), HERE)
+                actions = []
+                for action in base["TransactItems"]:
+                    (kind, spec), = action.items()
+                    if kind == "Update":
+                        spec = {**spec, "ExpressionAttributeValues": {**spec["ExpressionAttributeValues"], ":id": {"S": rid},
+                                                                      ":ids": {"SS": [rid]}, ":v": version}}
+                    elif kind == "Put":
+                        spec = {**spec, "Item": {**spec["Item"], "reservation_id": {"S": rid}, "version": version}}
+                    actions.append({kind: spec})
+                request["TransactItems"] = actions
             if op == "reserve" and operation == "PutItem":  # the reservation's record
                 rid = reservation_id_for(self.user, self.next_key(), HERE)
                 request["Item"] = {**request["Item"], "reservation_id": {"S": rid}, "version": version}
