@@ -48,6 +48,7 @@ class Attempt:
     key: str
     status: int | None  # None: no answer (unknown outcome)
     reservation_id: str | None = None
+    message: str = ""  # why, when not served
 
 
 @dataclass
@@ -112,6 +113,8 @@ class OversellResult:
                 "answers_by_phase": {phase: {place: dict(Counter(str(a.status) for a in self.attempts if (a.phase, a.place) == (phase, place)))
                                              for place in dict.fromkeys(a.place for a in self.attempts)}
                                      for phase in dict.fromkeys(a.phase for a in self.attempts)},
+                "refusals": {phase: sorted({a.message for a in self.attempts if a.phase == phase and a.message})[:3]
+                             for phase in dict.fromkeys(a.phase for a in self.attempts)},
                 "emails": len(self.emails), "email_refused_share": self.email_refused_share(),
                 "accounts_per_email_max": max((len(v) for v in self.accounts.values()), default=0)}
 
@@ -170,7 +173,9 @@ async def run(state_dir: Path, topology: Topology, *, units: int = 60, per_phase
                                     headers={"Idempotency-Key": key, "Authorization": f"Bearer {token}", "X-Meridian-Client-Region": place})
             except httpx.HTTPError:
                 return Attempt(place, phase, key, None)
-            return Attempt(place, phase, key, r.status_code, r.json().get("reservation_id") if r.status_code == 201 else None)
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            return Attempt(place, phase, key, r.status_code, body.get("reservation_id") if r.status_code == 201 else None,
+                           "" if r.status_code < 500 else str(body.get("message", r.text))[:200])
 
         async def create(place: str, phase: str, email: str) -> tuple[str, str, int | None]:
             try:

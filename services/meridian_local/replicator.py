@@ -59,6 +59,8 @@ class Delivery:
     keys: dict[str, Any]
     image: dict[str, Any] | None
     resync: bool = False
+    #: the item as DynamoDB JSON, written as it is: types kept (a string set stays a set, not a list)
+    raw: dict[str, Any] | None = None
 
 
 @dataclass
@@ -425,7 +427,7 @@ class Replicator:
                 self.enqueued[table] += 1
                 with self._lock:
                     self.queue.append(Delivery(now + self.lag, now, table, region, target, record["eventName"],
-                                               from_item(data["Keys"]), image))
+                                               from_item(data["Keys"]), image, raw=data.get("NewImage")))
 
     # -- gaps and resync -------------------------------------------------------------------------------
     def _gap(self, cursor: Cursor, kind: str, detail: str) -> None:
@@ -450,7 +452,8 @@ class Replicator:
         try:
             time.sleep(0.05)  # let a burst of gaps on the same table share this scan
             key_names = [k for k in self.applied.keys[table] if k]
-            replicas = {region: self._scan(table, region) for region in self.applied.tables[table]}
+            raws: dict[tuple[str, str], Any] = {}
+            replicas = {region: self._scan(table, region, raws) for region in self.applied.tables[table]}
             best: dict[str, tuple[Version, str, dict[str, Any]]] = {}
             for region, items in replicas.items():
                 for key, item in items.items():
@@ -465,7 +468,8 @@ class Replicator:
                     have = items.get(key)
                     if region == holder or (have is not None and "version" in have and Version.decode(str(have["version"])) >= version):
                         continue
-                    queued.append(Delivery(now, now, table, holder, region, "MODIFY", {k: item[k] for k in key_names}, item, resync=True))
+                    queued.append(Delivery(now, now, table, holder, region, "MODIFY", {k: item[k] for k in key_names}, item, resync=True,
+                                           raw=raws.get((holder, key))))
             with self._lock:
                 self.queue.extend(queued)
             if gap is not None:
@@ -476,7 +480,7 @@ class Replicator:
             with self._lock:
                 self._resyncing.discard(table)
 
-    def _scan(self, table: str, region: str) -> dict[str, dict[str, Any]]:
+    def _scan(self, table: str, region: str, raws: dict[tuple[str, str], Any] | None = None) -> dict[str, dict[str, Any]]:
         client, out = self.client("dynamodb", region), {}
         key_names = [k for k in self.applied.keys[table] if k]
         kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
@@ -484,7 +488,10 @@ class Replicator:
             resp = client.scan(**kwargs)
             for raw in resp.get("Items", []):
                 item = from_item(raw)
-                out[json.dumps([item.get(k) for k in key_names], default=str)] = item
+                key = json.dumps([item.get(k) for k in key_names], default=str)
+                out[key] = item
+                if raws is not None:
+                    raws[(region, key)] = raw  # what a resync writes: the item with its types
             if "LastEvaluatedKey" not in resp:
                 return out
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
@@ -539,7 +546,7 @@ class Replicator:
         elif "version" in d.image:
             try:
                 resp = client.put_item(
-                    TableName=d.table, Item=to_item(d.image), ReturnValues="ALL_OLD",
+                    TableName=d.table, Item=d.raw or to_item(d.image), ReturnValues="ALL_OLD",
                     ConditionExpression="attribute_not_exists(#k) OR #v < :v",
                     ExpressionAttributeNames={"#k": hash_key, "#v": "version"},
                     ExpressionAttributeValues={":v": {"S": str(d.image["version"])}},
@@ -555,7 +562,7 @@ class Replicator:
             # No version to order by (not a Meridian write): copied where absent, never over anything.
             self.unversioned += 1
             try:
-                client.put_item(TableName=d.table, Item=to_item(d.image), ConditionExpression="attribute_not_exists(#k)",
+                client.put_item(TableName=d.table, Item=d.raw or to_item(d.image), ConditionExpression="attribute_not_exists(#k)",
                                 ExpressionAttributeNames={"#k": hash_key})
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":

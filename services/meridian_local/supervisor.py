@@ -403,25 +403,30 @@ class Supervisor:
             if region not in replicas or not survivors or (self.mrsc and table in self.mrsc.tables):
                 continue  # an MRSC table's replica holds only what a majority acknowledged (RPO 0): the emulator catches it up
             key_names = [k for k in self.applied.keys[table] if k] if self.applied else []
+            raws: dict[tuple[str, str], Any] = {}
 
-            def scan(where: str, table: str = table, key_names: list[str] = key_names) -> dict[str, dict[str, Any]]:
+            def scan(where: str, table: str = table, key_names: list[str] = key_names,
+                     raws: dict[tuple[str, str], Any] = raws) -> dict[str, dict[str, Any]]:
                 client, out, kwargs = self.backend_client("dynamodb", where), {}, {"TableName": table, "ConsistentRead": True}
                 while True:
                     resp = client.scan(**kwargs)
                     for raw in resp.get("Items", []):
                         item = from_item(raw)
-                        out[json.dumps([item.get(k) for k in key_names], default=str)] = item
+                        key = json.dumps([item.get(k) for k in key_names], default=str)
+                        out[key] = item
+                        raws[(where, key)] = raw  # what the rebuild writes: the item with its types
                     if "LastEvaluatedKey" not in resp:
                         return out
                     kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
             mine = scan(region)
             theirs: dict[str, dict[str, Any]] = {}
+            holder: dict[str, str] = {}
             for survivor in survivors:
                 for key, item in scan(survivor).items():
                     have = theirs.get(key)
                     if have is None or ("version" in item and "version" in have and Version.decode(str(item["version"])) > Version.decode(str(have["version"]))):
-                        theirs[key] = item
+                        theirs[key], holder[key] = item, survivor
             client = self.backend_client("dynamodb", region)
             for key, item in mine.items():
                 survivor_item = theirs.get(key)
@@ -437,7 +442,7 @@ class Supervisor:
                 if survivor_item is None:
                     client.delete_item(TableName=table, Key=to_item(keys))
                 else:
-                    client.put_item(TableName=table, Item=to_item(survivor_item))
+                    client.put_item(TableName=table, Item=raws.get((holder[key], key)) or to_item(survivor_item))
         self.replicator.read_through({region}, timeout=20)  # the rebuild's own stream records, read and dropped
         self._drop_deliveries_from(region)
         loss["destroyed"] = destroyed[:5000]
