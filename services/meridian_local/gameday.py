@@ -114,14 +114,18 @@ class GameDay:
         """Every replica of the zone holds these users (the load goes on: waiting for an empty replication
         queue could take long under it)."""
         table = next(t for t in self.status["tables"] if t.endswith(f"-{self.zone}-users"))
+        # The directory entry too: a region finds a user through it (a user whose profile has arrived but whose
+        # directory entry has not is a 404 there).
+        directory = next(t for t in self.status["tables"] if t.endswith("-directory"))
 
         def present() -> bool:
             for region in self.status["tables"][table]:
                 client = boto3.client("dynamodb", region_name=region, endpoint_url=self.status["aws_endpoint"], config=NO_RETRIES,
                                       aws_access_key_id="meridian-local", aws_secret_access_key="meridian-local")
                 for user in users:
-                    if "Item" not in client.get_item(TableName=table, Key={"user_id": {"S": user}}, ConsistentRead=True):
-                        return False
+                    for name in (table, directory):
+                        if "Item" not in client.get_item(TableName=name, Key={"user_id": {"S": user}}, ConsistentRead=True):
+                            return False
             return True
 
         deadline = time.monotonic() + timeout
