@@ -59,26 +59,24 @@ from meridian.topology import Topology
 __all__ = ["MAP_PREFIX", "MAP_TTL_SECONDS", "map_key", "HandoverError", "HandoverReport", "OwnershipMap", "home_owner", "owner_region",
            "read_map", "handover"]
 
-#: The maps' keys in the ``stock`` table: one per region, ``__meridian_ownership__#<region>``, which only that
-#: region's tasks check (the API refuses skus starting with ``__meridian``). Per region, so that the fence of
-#: one region, replicated everywhere as every item is, fences no other.
-MAP_PREFIX = "__meridian_ownership__#"
-
-
 #: Keys of the stock table that are not skus (maps, the handovers' claim): the API refuses skus with it.
 RESERVED_PREFIX = "__meridian"
+#: The maps' keys in the ``stock`` table: one per region, ``__meridian_ownership__#<region>``, which only that
+#: region's tasks check. Per region, so that the fence of one region, replicated everywhere as every item
+#: is, fences no other.
+MAP_PREFIX = f"{RESERVED_PREFIX}_ownership__#"
 #: The handovers' claim, in the home region's replica only: one handover at a time (see :func:`handover`).
-CLAIM_KEY = {"sku": {"S": "__meridian_handover__"}}
-
-
-def map_key(region: str) -> dict[str, Any]:
-    """The key of ``region``'s map item."""
-    return {"sku": {"S": f"{MAP_PREFIX}{region}"}}
+CLAIM_KEY = {"sku": {"S": f"{RESERVED_PREFIX}_handover__"}}
 #: How stale a task's copy of the map may be before it reads it again from its own replica.
 MAP_TTL_SECONDS = 2.0
 ACTIVE, FENCING = "active", "fencing"
 #: The strong tables: (hash key, the attribute whose value the item's owner is computed from).
 OWNED_BY = {"stock": ("sku", "sku"), "reservations": ("reservation_id", "sku"), "claims": ("claim", "claim")}
+
+
+def map_key(region: str) -> dict[str, Any]:
+    """The key of ``region``'s map item."""
+    return {"sku": {"S": f"{MAP_PREFIX}{region}"}}
 
 
 def owner_region(key: str, regions: Iterable[str]) -> str:

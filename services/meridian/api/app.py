@@ -64,8 +64,6 @@ from meridian.strong import (
     reservation_id_for,
 )
 
-#: Skus the API refuses: the stock table's own items (ownership maps, the handovers' claim) start with it.
-RESERVED_SKU_PREFIX = RESERVED_PREFIX
 REGION_HEADER = "X-Meridian-Region"
 SESSION_HEADER = "X-Meridian-Session"
 FAILOVER_HEADER = "X-Meridian-Failover"
@@ -116,7 +114,7 @@ EMAIL = r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$"
 
 
 #: A sku: no control character, and not the stock table's own keys (``__meridian…``: meridian.ownership).
-SKU = r"^(?!__meridian)[^\x00-\x1f\x7f-\x9f]*$"
+SKU = rf"^(?!{RESERVED_PREFIX})[^\x00-\x1f\x7f-\x9f]*$"
 #: A sku: the contract states the rule the handlers enforce (400 ``invalid_sku``).
 SkuName = Annotated[str, Path(json_schema_extra={"minLength": 1, "maxLength": 128, "pattern": SKU})]
 #: A counter's name: the contract states the rule the handlers enforce (400 ``invalid_counter``).
@@ -1032,7 +1030,7 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         return JSONResponse(await asyncio.to_thread(service.store.counter, name))
 
     # -- strong keys: stock and reservations (meridian.strong) ---------------------------------------------
-    async def at_owner(request: Request, body: bytes, table: str, key: str) -> Response | None:
+    async def at_owner(request: Request, body: bytes, key: str) -> Response | None:
         """None: execute here (this region owns ``key``, or MRSC lets every region, or a peer sent it here).
         Else the owner's answer; 503 ``consistency_unavailable`` if the request certainly did not reach it —
         never executed elsewhere, which could sell a unit twice — and 504 ``outcome_unknown`` if it was sent
@@ -1086,8 +1084,8 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
             raise ApiError(403, "forbidden", "not the operator key")
 
     def check_sku(sku: str) -> None:
-        if not 1 <= len(sku) <= 128 or _CONTROL.search(sku) or sku.startswith(RESERVED_SKU_PREFIX):
-            raise ApiError(400, "invalid_sku", f"a sku is 1-128 characters, without control characters, not starting with {RESERVED_SKU_PREFIX}")
+        if not 1 <= len(sku) <= 128 or _CONTROL.search(sku) or sku.startswith(RESERVED_PREFIX):
+            raise ApiError(400, "invalid_sku", f"a sku is 1-128 characters, without control characters, not starting with {RESERVED_PREFIX}")
 
     @app.put("/v1/stock/{sku}", response_model=Stock, dependencies=USER_AUTH, responses=errors(400, 401, 403, 413, 422, 503, 504))
     async def set_stock(request: Request, sku: SkuName, payload: StockLevel) -> Response:
@@ -1095,7 +1093,7 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
         check_sku(sku)
         operator(request)
         body = await request.body()
-        if (forwarded := await at_owner(request, body, "stock", sku)) is not None:
+        if (forwarded := await at_owner(request, body, sku)) is not None:
             return forwarded
 
         async def run() -> Response:
@@ -1106,7 +1104,7 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
     async def get_stock(request: Request, sku: SkuName) -> Response:
         """Strongly consistent, from any region: read where the key is written."""
         check_sku(sku)
-        if (forwarded := await at_owner(request, b"", "stock", sku)) is not None:
+        if (forwarded := await at_owner(request, b"", sku)) is not None:
             return forwarded
 
         async def run() -> Response:
@@ -1126,7 +1124,7 @@ def create_app(service: Service, *, hot_paths: bool = True) -> FastAPI:
             raise ApiError(400, "idempotency_key_required", IDEMPOTENCY_KEY_RULE)
         check_sku(payload.sku)
         body = await request.body()
-        if (forwarded := await at_owner(request, body, "stock", payload.sku)) is not None:
+        if (forwarded := await at_owner(request, body, payload.sku)) is not None:
             return forwarded
         rid = reservation_id_for(user_id, idempotency_key, home_owner(payload.sku, service.topology.global_zone.regions))
 
